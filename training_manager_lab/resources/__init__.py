@@ -1,0 +1,40 @@
+"""Resource inventory of a node (CPU, memory, GPUs through one NVML seam) and usage attribution."""
+
+from training_manager_lab.resources.attribution import (
+    ProcessRefused,
+    end_process,
+    find_orphans,
+    gpu_processes,
+    tree_usage,
+)
+from training_manager_lab.resources.history import Sampler, sample_cost
+from training_manager_lab.resources.inventory import (
+    allocatable_gpus,
+    local_inventory,
+    visible_gpu_indices,
+)
+from training_manager_lab.resources.nvml import (
+    GpuProbe,
+    NvmlProbe,
+    RecordedProbe,
+    get_probe,
+    set_probe,
+)
+
+__all__ = [
+    "GpuProbe",
+    "NvmlProbe",
+    "ProcessRefused",
+    "RecordedProbe",
+    "Sampler",
+    "allocatable_gpus",
+    "end_process",
+    "find_orphans",
+    "get_probe",
+    "gpu_processes",
+    "local_inventory",
+    "sample_cost",
+    "set_probe",
+    "tree_usage",
+    "visible_gpu_indices",
+]

@@ -1,0 +1,249 @@
+"""Who uses what: CPU, memory and GPU memory of process trees, orphans on GPUs, ending one."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import psutil
+
+from training_manager_lab.errors import JobConflict
+from training_manager_lab.resources.nvml import get_reader
+
+logger = logging.getLogger(__name__)
+
+
+class ProcessRefused(JobConflict):
+    """A request to end a process that is not an orphan on a GPU (HTTP 409)."""
+
+    def __init__(self, pid: int, why: str) -> None:
+        super().__init__(
+            f"refusing to end process {pid}: {why}; only GPU processes that belong to no job "
+            "and no live kernel (the orphans listed by the resources view) can be ended"
+        )
+        self.pid = pid
+
+
+def gpu_processes(gpus: Iterable[Mapping[str, Any]], node: str | None = None) -> list[dict]:
+    """Flatten the processes of GPU entries (an inventory's ``gpus``) into one list.
+
+    Returns:
+        ``[{"pid", "used_memory", "gpu_index", "gpu_uuid", "node"}]``, one per process and GPU.
+    """
+    found = []
+    for gpu in gpus:
+        for proc in gpu.get("processes") or []:
+            found.append(
+                {
+                    "pid": int(proc["pid"]),
+                    "used_memory": proc.get("used_memory"),
+                    "gpu_index": gpu.get("index"),
+                    "gpu_uuid": gpu.get("uuid"),
+                    "node": node,
+                }
+            )
+    return found
+
+
+def current_gpu_processes() -> list[dict]:
+    """Read the GPU processes from the probe now (see :func:`gpu_processes`)."""
+    return gpu_processes(get_reader().read()[0])
+
+
+class TreeMeter:
+    """Measures process trees; keeps each process's last CPU reading to give a CPU percent.
+
+    The first time a process is seen its percent is its average since it started; after that,
+    it is the share of one core used since the previous call (so 200 means two busy cores).
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._procs: dict[int, psutil.Process] = {}
+        self._last: dict[tuple[int, float], tuple[float, float]] = {}
+
+    def usage(self, pid: int, gpu_procs: Iterable[Mapping[str, Any]] | None = None) -> dict:
+        """Return the usage of the tree rooted at ``pid`` (see :func:`tree_usage`)."""
+        empty = {"pid": pid, "alive": False, "num_procs": 0, "pids": [], "cpu_percent": 0.0}
+        empty.update({"rss": 0, "gpu_memory": 0, "gpus": []})
+        try:
+            root = self._process(pid)
+            members = [root, *root.children(recursive=True)]
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            return empty
+
+        now = time.monotonic()
+        pids, rss, cpu = [], 0, 0.0
+        with self._lock:
+            for proc in members:
+                try:
+                    with proc.oneshot():
+                        rss += proc.memory_info().rss
+                        cpu += self._cpu_percent(proc, now)
+                    pids.append(proc.pid)
+                except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+                    continue
+            self._forget_dead()
+
+        if gpu_procs is None:
+            gpu_procs = current_gpu_processes()
+        in_tree = set(pids)
+        gpu_memory, gpus = 0, set()
+        for proc in gpu_procs:
+            if int(proc["pid"]) in in_tree:
+                gpu_memory += proc.get("used_memory") or 0
+                if proc.get("gpu_index") is not None:
+                    gpus.add(proc["gpu_index"])
+        return {
+            "pid": pid,
+            "alive": bool(pids) and pids[0] == pid,
+            "num_procs": len(pids),
+            "pids": pids,
+            "cpu_percent": round(cpu, 1),
+            "rss": rss,
+            "gpu_memory": gpu_memory,
+            "gpus": sorted(gpus),
+        }
+
+    def _process(self, pid: int) -> psutil.Process:
+        with self._lock:
+            proc = self._procs.get(pid)
+            if proc is not None and proc.is_running():
+                return proc
+            proc = psutil.Process(pid)
+            self._procs[pid] = proc
+            return proc
+
+    def _cpu_percent(self, proc: psutil.Process, now: float) -> float:
+        times = proc.cpu_times()
+        used = times.user + times.system
+        key = (proc.pid, proc.create_time())
+        last = self._last.get(key)
+        self._last[key] = (now, used)
+        if last is None:
+            age = max(time.time() - key[1], 1e-3)
+            return 100.0 * used / age
+        elapsed = now - last[0]
+        return 100.0 * max(used - last[1], 0.0) / elapsed if elapsed > 0 else 0.0
+
+    def _forget_dead(self) -> None:
+        if len(self._last) < 256:
+            return
+        for key in [k for k in self._last if not psutil.pid_exists(k[0])]:
+            del self._last[key]
+        for pid in [p for p, proc in self._procs.items() if not proc.is_running()]:
+            del self._procs[pid]
+
+
+_meter = TreeMeter()
+
+
+def tree_usage(pid: int, gpu_procs: Iterable[Mapping[str, Any]] | None = None) -> dict:
+    """Measure the process tree rooted at ``pid`` (the process and all its descendants).
+
+    Args:
+        pid: The root, e.g. a job's supervisor or a kernel.
+        gpu_procs: GPU processes as :func:`gpu_processes` returns them; ``None`` reads the
+            probe now. Pass them when measuring many trees from one sample.
+
+    Returns:
+        ``{"pid", "alive", "num_procs", "pids", "cpu_percent" (100 = one core), "rss" (bytes,
+        summed), "gpu_memory" (bytes on GPUs held by processes of the tree), "gpus" (indices)}``.
+        A tree whose root is gone has ``alive`` False and zeros.
+    """
+    return _meter.usage(pid, gpu_procs)
+
+
+def _own_lineage() -> set[int]:
+    me = psutil.Process()
+    return {me.pid, *(p.pid for p in me.parents())}
+
+
+def find_orphans(gpu_procs: Iterable[Mapping[str, Any]], owned_pids: set[int]) -> list[dict]:
+    """Return the GPU processes that belong to no job and no live kernel.
+
+    A process is owned when it, or one of its ancestors, is in ``owned_pids``; the server
+    itself and its ancestors are never orphans.
+
+    Args:
+        gpu_procs: GPU processes as :func:`gpu_processes` returns them.
+        owned_pids: Root pids of running jobs (supervisors, ranks) and of live kernels.
+
+    Returns:
+        The orphans, each the GPU process entry plus ``"name"``, ``"cmdline"``,
+        ``"username"`` and ``"create_time"`` (None for a process this server cannot see,
+        such as one in another container).
+    """
+    owned = set(owned_pids) | _own_lineage()
+    orphans = []
+    for entry in gpu_procs:
+        pid = int(entry["pid"])
+        info: dict[str, Any] = {"name": None, "cmdline": None, "username": None}
+        info["create_time"] = None
+        try:
+            proc = psutil.Process(pid)
+            lineage = {pid, *(p.pid for p in proc.parents())}
+            info.update(proc.as_dict(["name", "cmdline", "username", "create_time"]))
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            lineage = {pid}
+        if lineage & owned:
+            continue
+        cmdline = info.get("cmdline")
+        info["cmdline"] = " ".join(cmdline) if isinstance(cmdline, list) else cmdline
+        orphans.append({**entry, "pid": pid, **info})
+    return orphans
+
+
+def end_process(pid: int, *, allowed: set[int] | None = None, timeout: float = 5.0) -> str:
+    """End one orphan: SIGTERM, then SIGKILL if it is still there after ``timeout`` seconds.
+
+    Args:
+        pid: The process to end.
+        allowed: The pids that may be ended, normally the pids of :func:`find_orphans`.
+            ``None`` allows any process that the GPU probe lists right now.
+        timeout: Seconds to wait after each signal.
+
+    Returns:
+        ``"terminated"``, ``"killed"`` or ``"gone"`` (it had already exited).
+
+    Raises:
+        ProcessRefused: ``pid`` is not allowed, is this server or one of its ancestors, or
+            does not end even after SIGKILL.
+    """
+    if pid <= 1 or pid in _own_lineage():
+        raise ProcessRefused(pid, "it is this server, one of its parents or the init process")
+    if allowed is None:
+        allowed = {p["pid"] for p in current_gpu_processes()}
+    if pid not in allowed:
+        raise ProcessRefused(pid, "it is not in the list of orphan GPU processes")
+
+    try:
+        proc = psutil.Process(pid)
+        logger.info("ending orphan GPU process %d (%s)", pid, proc.name())
+        proc.terminate()
+        if _ended(proc, timeout):
+            return "terminated"
+        logger.info("process %d ignored SIGTERM for %.0f s; killing it", pid, timeout)
+        proc.kill()
+        if _ended(proc, timeout):
+            return "killed"
+    except psutil.NoSuchProcess:
+        return "gone"
+    except psutil.AccessDenied as err:
+        raise ProcessRefused(pid, f"this server may not signal it ({err})") from err
+    raise ProcessRefused(pid, f"it is still running {timeout:.0f} s after SIGKILL")
+
+
+def _ended(proc: psutil.Process, timeout: float) -> bool:
+    try:
+        proc.wait(timeout)
+        return True
+    except psutil.TimeoutExpired:
+        # A process that is not our child stays a zombie until its own parent reaps it.
+        try:
+            return proc.status() == psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            return True
