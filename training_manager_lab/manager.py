@@ -1,0 +1,380 @@
+"""The job manager: launch, schedule, supervise, cancel, adopt and delete jobs."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from .backends.local import LocalBackend
+from .config import job_dir as job_folder
+from .config import state_dir as resolve_state_dir
+from .errors import JobConflict, JobSpecError
+from .runtime.environment import clean_environment
+from .scheduler import Capacity, check_feasible, plan
+from .spec import JobSpec
+from .store import TERMINAL, JobStore
+
+log = logging.getLogger(__name__)
+
+#: A running job whose supervisor is not recorded yet is still being started by whoever
+#: moved it to "running"; other managers leave it alone for this long.
+STARTING_GRACE = 60.0
+LOST_REASON = "lost while the server was down"
+
+
+class JobManager:
+    """The authority over the jobs of one state directory.
+
+    Several managers may share a state directory (the server's, a script's, a finishing
+    job's supervisor): every decision is taken inside a store transaction, so a device is
+    never handed out twice.
+
+    Args:
+        state_dir: where jobs, the job store and the default MLflow store live.
+        tracking_uri: MLflow tracking URI; default: ``MLFLOW_TRACKING_URI`` or a SQLite
+            file in the state directory.
+        cpu_slots: CPU processes that may run at once; default: the usable CPU cores.
+        max_queued: jobs the queue may hold before launches are refused.
+        backends: execution backends by name; ``local`` is always present.
+        capacity: fixed capacity (tests, benchmarks); default: read from the inventory.
+    """
+
+    def __init__(
+        self,
+        state_dir: str | os.PathLike[str] | None = None,
+        *,
+        tracking_uri: str | None = None,
+        cpu_slots: int | None = None,
+        max_queued: int = 1000,
+        backends: dict[str, Any] | None = None,
+        capacity: Capacity | None = None,
+        gpu_busy_threshold: int = 1 << 30,
+    ) -> None:
+        from .tracking import default_tracking_uri
+
+        self.state_dir = resolve_state_dir(state_dir)
+        self.tracking_uri = tracking_uri or default_tracking_uri(self.state_dir)
+        self.store = JobStore(self.state_dir / "jobs.db")
+        self.cpu_slots = cpu_slots
+        self.max_queued = max_queued
+        self.gpu_busy_threshold = gpu_busy_threshold
+        self._fixed_capacity = capacity
+        self.backends: dict[str, Any] = {"local": LocalBackend()}
+        self.backends.update(backends or {})
+        self._thread: threading.Thread | None = None
+        self._stopping = threading.Event()
+        self._tick_lock = threading.Lock()
+
+    # -- public operations ----------------------------------------------------------------
+
+    def launch(self, spec: JobSpec | dict[str, Any], entry: bytes | None = None) -> dict[str, Any]:
+        """Record a job, start it if devices are free, and return its record at once."""
+        if not isinstance(spec, JobSpec):
+            spec = JobSpec.from_dict(spec)
+        else:
+            spec.validate()
+        if spec.entry["kind"] == "pickle" and not entry:
+            raise JobSpecError("a job whose entry kind is 'pickle' needs the pickled entry point")
+        request = {
+            "devices": spec.devices,
+            "accelerator": spec.accelerator,
+            "strategy": spec.strategy,
+            "memory": spec.memory,
+            "priority": spec.priority,
+            "cluster": spec.cluster,
+            "cluster_options": spec.cluster_options,
+        }
+        backend = self._backend(spec.cluster)
+        if spec.cluster == "local":
+            check_feasible(request, self.capacity())
+        else:
+            backend.validate(request)
+
+        job_id = uuid.uuid4().hex[:12]
+        folder = job_folder(self.state_dir, job_id)
+        folder.mkdir(parents=True)
+        (folder / "spec.json").write_text(json.dumps(spec.to_dict(), indent=2))
+        if entry:
+            (folder / "entry.pkl").write_bytes(entry)
+        record = {
+            "id": job_id,
+            "name": spec.name,
+            "experiment": spec.experiment,
+            "priority": spec.priority,
+            "request": request,
+            "spec": spec.to_dict(),
+            "tracking_uri": self.tracking_uri,
+            "backend": spec.cluster,
+        }
+        try:
+            self.store.insert(record, max_queued=self.max_queued)
+        except Exception:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
+        log.info("job %s (%s) queued; folder %s", job_id, spec.name, folder)
+
+        if spec.cluster == "local":
+            self.tick()
+        else:
+            self._submit(self.store.get(job_id))
+        return self.store.get(job_id)
+
+    def get(self, job_id: str) -> dict[str, Any]:
+        return self.store.get(_checked_id(job_id))
+
+    def list(
+        self, status: str | None = None, limit: int = 50, offset: int = 0
+    ) -> tuple[list[dict[str, Any]], int]:
+        if status is not None and status not in ("queued", "running", *TERMINAL):
+            raise JobSpecError(
+                f"status filter must be one of queued, running, succeeded, failed, "
+                f"cancelled; got {status!r}"
+            )
+        if not 1 <= limit <= 1000 or offset < 0:
+            raise JobSpecError("limit must lie between 1 and 1000 and offset must be 0 or more")
+        return self.store.list(status, limit, offset)
+
+    def cancel(self, job_id: str, wait: bool = True, timeout: float = 15.0) -> dict[str, Any]:
+        """Cancel a queued or running job; with ``wait``, return once it is terminal."""
+        record = self.get(job_id)
+        if record["status"] in TERMINAL:
+            return record
+        if record["status"] == "queued" and record["backend"] == "local":
+            if self.store.transition(job_id, "cancelled", "cancelled by the user"):
+                log.info("job %s cancelled while queued", job_id)
+                return self.store.get(job_id)
+            record = self.get(job_id)
+        backend = self._backend(record["backend"])
+        backend.cancel(record)
+        log.info("job %s: cancel requested", job_id)
+        if not wait:
+            return self.get(job_id)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            record = self.get(job_id)
+            if record["status"] in TERMINAL:
+                return record
+            if record["backend"] == "local" and record.get("pid") and not backend.alive(record):
+                self.store.transition(job_id, "cancelled", "cancelled by the user")
+                return self.get(job_id)
+            time.sleep(0.1)
+        if record["backend"] == "local":
+            backend.kill(record)
+            self.store.transition(job_id, "cancelled", "cancelled by the user (killed)")
+        return self.get(job_id)
+
+    def delete(self, job_id: str) -> None:
+        """Delete a finished job's record and folder."""
+        record = self.get(job_id)
+        if record["status"] not in TERMINAL:
+            raise JobConflict(
+                f"job {job_id} is {record['status']}; cancel it before deleting it"
+            )
+        shutil.rmtree(job_folder(self.state_dir, job_id), ignore_errors=True)
+        self.store.delete(job_id)
+        log.info("job %s deleted", job_id)
+
+    def job_dir(self, job_id: str) -> Path:
+        return job_folder(self.state_dir, _checked_id(job_id))
+
+    # -- resources ------------------------------------------------------------------------
+
+    def capacity(self) -> Capacity:
+        """What local jobs may use now: visible GPUs, CPU slots, memory."""
+        if self._fixed_capacity is not None:
+            return self._fixed_capacity
+        from .resources.inventory import local_inventory, visible_gpu_indices
+
+        inventory = local_inventory()
+        visible = visible_gpu_indices()
+        gpus = tuple(gpu["index"] for gpu in inventory["gpus"] if gpu["index"] in visible)
+        owned = self._owned_pids() if gpus else set()
+        busy = frozenset(
+            gpu["index"]
+            for gpu in inventory["gpus"]
+            if sum(
+                p.get("used_memory") or 0
+                for p in gpu.get("processes", [])
+                if p.get("pid") not in owned
+            )
+            > self.gpu_busy_threshold
+        )
+        slots = self.cpu_slots or max(int(inventory["cpu"]["count"]), 1)
+        return Capacity(
+            gpus=gpus, busy_gpus=busy, cpu_slots=slots, memory=inventory["memory"]["total"]
+        )
+
+    def _owned_pids(self) -> set[int]:
+        from .backends.local import job_processes
+
+        owned: set[int] = set()
+        for record in self.store.active():
+            owned.update(process.pid for process in job_processes(record))
+        return owned
+
+    # -- scheduling and supervision --------------------------------------------------------
+
+    def tick(self) -> list[str]:
+        """Start the queued local jobs that fit now; return their ids."""
+        with self._tick_lock:
+            capacity = self.capacity()
+            started: list[tuple[dict[str, Any], dict[str, Any]]] = []
+            with self.store.transaction() as db:
+                active = [job for job in self.store.active(db) if job["backend"] == "local"]
+                decision = plan(active, capacity)
+                for job, allocation in decision.starts:
+                    if self.store.transition(
+                        job["id"], "running", None, db=db, allocation=allocation,
+                        queue_position=None,
+                    ):
+                        started.append((job, allocation))
+                for job_id, (position, reason) in decision.waiting.items():
+                    self.store._update(db, job_id, {"queue_position": position, "reason": reason})
+            for job, allocation in started:
+                self._start(job, allocation)
+            return [job["id"] for job, _ in started]
+
+    def _start(self, job: dict[str, Any], allocation: dict[str, Any]) -> None:
+        folder = job_folder(self.state_dir, job["id"])
+        request = job["request"]
+        accelerator = "gpu" if allocation["gpus"] else "cpu"
+        world_size = len(allocation["gpus"]) or allocation["cpu_slots"]
+        launch = {
+            "job_id": job["id"],
+            "state_dir": str(self.state_dir),
+            "tracking_uri": job.get("tracking_uri") or self.tracking_uri,
+            "spec": job["spec"],
+            "allocation": allocation,
+            "accelerator": accelerator,
+            "world_size": world_size,
+            "nodes": 1,
+            "request": request,
+        }
+        (folder / "launch.json").write_text(json.dumps(launch, indent=2))
+        env = clean_environment()
+        env["TML_STATE_DIR"] = str(self.state_dir)
+        try:
+            launched = self.backends["local"].start(job, folder, env)
+        except Exception as exc:
+            log.exception("job %s: could not start", job["id"])
+            self.store.transition(job["id"], "failed", f"the job could not be started: {exc}")
+            return
+        self.store.update(
+            job["id"],
+            pid=launched.pid,
+            pid_create_time=launched.create_time,
+            backend_id=launched.backend_id,
+            world_size=world_size,
+        )
+
+    def _submit(self, record: dict[str, Any]) -> None:
+        folder = job_folder(self.state_dir, record["id"])
+        request = record["request"]
+        options = request.get("cluster_options") or {}
+        nodes = int(options.get("nodes", 1))
+        launch = {
+            "job_id": record["id"],
+            "state_dir": str(self.state_dir),
+            "tracking_uri": record.get("tracking_uri") or self.tracking_uri,
+            "spec": record["spec"],
+            "allocation": {"node": "slurm", "gpus": [], "cpu_slots": request["devices"]},
+            "accelerator": "gpu" if request["accelerator"] in ("gpu", "cuda") else "cpu",
+            "world_size": request["devices"] * nodes,
+            "nodes": nodes,
+            "request": request,
+        }
+        (folder / "launch.json").write_text(json.dumps(launch, indent=2))
+        env = clean_environment()
+        env["TML_STATE_DIR"] = str(self.state_dir)
+        backend = self._backend(record["backend"])
+        try:
+            launched = backend.start(record, folder, env)
+        except Exception as exc:
+            self.store.transition(record["id"], "failed", f"submission failed: {exc}")
+            raise
+        self.store.update(record["id"], backend_id=launched.backend_id)
+
+    def supervise(self, reason: str | None = None) -> None:
+        """Record jobs whose processes ended without saying how, as failed."""
+        for record in self.store.active():
+            backend = self.backends.get(record["backend"])
+            if backend is None:
+                continue
+            if record["status"] == "queued" and record["backend"] == "local":
+                continue
+            if record["backend"] == "local" and not record.get("pid"):
+                started = record.get("started_at") or record["created_at"]
+                if time.time() - started < STARTING_GRACE:
+                    continue
+            outcome = backend.poll(record)
+            if outcome is None:
+                continue
+            status, why = outcome
+            fresh = self.store.get(record["id"])
+            if fresh["status"] in TERMINAL:
+                continue
+            why = reason or why
+            error = fresh.get("error") or {"rank": None, "message": why, "traceback": None}
+            if self.store.transition(record["id"], status, why, error=error):
+                log.warning("job %s: %s (%s)", record["id"], status, why)
+
+    def adopt(self) -> None:
+        """At start-up: keep following live jobs; record those that died meanwhile as lost."""
+        self.supervise(reason=LOST_REASON)
+        alive = [r["id"] for r in self.store.active() if r["status"] == "running"]
+        if alive:
+            log.info("re-adopted running jobs: %s", ", ".join(alive))
+
+    def start(self, interval: float = 0.5) -> None:
+        """Run scheduling and supervision in a background thread."""
+        if self._thread is not None:
+            return
+        self._stopping.clear()
+        self._thread = threading.Thread(
+            target=self._loop, args=(interval,), name="tml-manager", daemon=True
+        )
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+            self._thread = None
+
+    def _loop(self, interval: float) -> None:
+        while not self._stopping.wait(interval):
+            try:
+                self.supervise()
+                self.tick()
+                self.backends["local"].reap()
+            except Exception:
+                log.exception("job manager pass failed")
+
+    def _backend(self, name: str) -> Any:
+        if name not in self.backends and name == "slurm":
+            from .backends.slurm import SlurmBackend
+
+            self.backends["slurm"] = SlurmBackend()
+        try:
+            return self.backends[name]
+        except KeyError:
+            raise JobSpecError(
+                f"unknown cluster {name!r}; available: {sorted(self.backends)}"
+            ) from None
+
+
+def _checked_id(job_id: Any) -> str:
+    if not isinstance(job_id, str) or len(job_id) != 12 or not all(
+        c in "0123456789abcdef" for c in job_id
+    ):
+        from .errors import JobNotFound
+
+        raise JobNotFound(str(job_id)[:64])
+    return job_id

@@ -1,0 +1,1 @@
+"""What runs inside a job: the supervisor process, the ranks, and their Lightning hooks."""
