@@ -55,6 +55,15 @@ export function parseResources(data: unknown): IResources {
     throw new Error('The resources answer has no "nodes".');
   }
   const nodes = rawNodes.map((raw, index) => readNode(asObject(raw), index));
+  const holders = body.holders;
+  if (holders && typeof holders === 'object' && !Array.isArray(holders)) {
+    for (const node of nodes) {
+      for (const gpu of node.gpus ?? []) {
+        gpu.holder =
+          gpu.holder ?? lookupHolder(holders as Json, node.name, gpu);
+      }
+    }
+  }
   const queue = Array.isArray(body.queue)
     ? body.queue.map(entry => asObject(entry) as IQueueEntry)
     : [];
@@ -77,7 +86,8 @@ export function parseModelList(data: unknown): IModelList {
 }
 
 /**
- * Who holds a GPU, in a few words: a job name or id, or a kernel.
+ * Who holds a GPU, in a few words: a job name or id, or a kernel; several
+ * holders are joined with commas.
  */
 export function describeHolder(holder: IGpu['holder']): string {
   if (holder === null || holder === undefined || holder === '') {
@@ -85,6 +95,9 @@ export function describeHolder(holder: IGpu['holder']): string {
   }
   if (typeof holder === 'string') {
     return holder;
+  }
+  if (Array.isArray(holder)) {
+    return holder.map(describeHolder).filter(Boolean).join(', ');
   }
   const h = holder as IHolder;
   const jobId = h.job_id ?? (h.kind === 'job' ? h.id : undefined);
@@ -101,6 +114,26 @@ export function describeHolder(holder: IGpu['holder']): string {
     return `process ${h.pid}`;
   }
   return h.name ?? '';
+}
+
+/**
+ * The holders of a GPU from the `holders` map, keyed by the GPU's UUID, by
+ * `<node>:<index>` or by the index, tried in that order.
+ */
+function lookupHolder(holders: Json, node: string, gpu: IGpu): IGpu['holder'] {
+  const keys = [gpu.uuid, `${node}:${gpu.index}`, String(gpu.index)];
+  for (const key of keys) {
+    if (typeof key === 'string' && key in holders) {
+      const found = holders[key];
+      return Array.isArray(found)
+        ? (found.map(asObject) as IHolder[])
+        : (asObject(found) as IHolder);
+    }
+  }
+  const processes = Array.isArray(gpu.processes) ? gpu.processes.length : 0;
+  return processes
+    ? `${processes} other process${processes > 1 ? 'es' : ''}`
+    : null;
 }
 
 function readNode(raw: Json, index: number): INode {
@@ -129,6 +162,7 @@ function readGpu(raw: Json, index: number): IGpu {
   return {
     ...raw,
     index: firstNumber(raw.index, raw.id) ?? index,
+    uuid: firstString(raw.uuid),
     name: firstString(raw.name, raw.model),
     utilization: firstNumber(raw.utilization, raw.util, raw.gpu_util),
     memory_total: firstNumber(raw.memory_total, memory.total),

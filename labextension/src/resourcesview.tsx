@@ -31,6 +31,11 @@ export function ResourcesSection(props: IResourcesSectionProps): JSX.Element {
   return (
     <details className="tml-Section tml-ResourcesSection" open>
       <summary className="tml-SectionTitle">Resources</summary>
+      {resources?.error && (
+        <div className="tml-Banner tml-mod-warning" role="alert">
+          {resources.error}
+        </div>
+      )}
       {resources === null ? (
         <p className="tml-Empty">No inventory yet.</p>
       ) : nodes.length === 0 ? (
@@ -74,7 +79,12 @@ function NodeView(props: { node: INode }): JSX.Element {
         ariaLabel={`Memory use of ${node.name}`}
       />
       {gpus.length === 0 ? (
-        <div className="tml-Muted">No GPU</div>
+        <div className="tml-Muted">
+          No GPU
+          {typeof node.gpu_error === 'string' && node.gpu_error
+            ? ` (${node.gpu_error})`
+            : ''}
+        </div>
       ) : (
         gpus.map(gpu => (
           <GpuView key={gpu.index} gpu={gpu} nodeName={node.name} />

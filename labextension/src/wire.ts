@@ -147,7 +147,8 @@ export interface IGpu {
   utilization?: number | null;
   memory_total?: number | null;
   memory_used?: number | null;
-  holder?: IHolder | string | null;
+  holder?: IHolder | IHolder[] | string | null;
+  processes?: unknown[];
   [extra: string]: unknown;
 }
 
@@ -196,8 +197,9 @@ export interface IQueueEntry {
  */
 export interface IResources {
   nodes: INode[];
-  holders?: IHolder[] | Record<string, unknown>;
+  holders?: Record<string, IHolder | IHolder[]>;
   queue?: IQueueEntry[];
+  error?: string | null;
   backend?: string;
   [extra: string]: unknown;
 }

@@ -78,6 +78,37 @@ describe('parseResources', () => {
     expect(resources.queue).toEqual([]);
   });
 
+  it('attaches holders keyed by UUID, node and index, or counts other processes', () => {
+    const resources = parseResources({
+      nodes: [
+        {
+          node: 'box',
+          cpu: { count: 2, percent: 50 },
+          memory: { total: 8, used: 2, available: 6 },
+          gpus: [
+            { index: 0, uuid: 'GPU-a', processes: [] },
+            { index: 1, uuid: 'GPU-b', processes: [] },
+            { index: 2, uuid: 'GPU-c', processes: [{ pid: 9 }, { pid: 10 }] },
+            { index: 3, uuid: 'GPU-d', processes: [] }
+          ]
+        }
+      ],
+      holders: {
+        'GPU-a': { job_id: '3f9a1c2b7d10', name: 'digits' },
+        'box:1': [{ kernel_id: 'abcdef0123456789' }, { pid: 7 }]
+      }
+    });
+
+    const gpus = resources.nodes[0].gpus!;
+    expect(resources.nodes[0].name).toBe('box');
+    expect(gpus.map(gpu => describeHolder(gpu.holder))).toEqual([
+      'job digits (3f9a1c2b7d10)',
+      'kernel abcdef01, process 7',
+      '2 other processes',
+      ''
+    ]);
+  });
+
   it('rejects an answer without nodes', () => {
     expect(() => parseResources({})).toThrow('no "nodes"');
   });
