@@ -201,6 +201,25 @@ def test_new_view_replays_the_whole_history_in_pages(folder: Path, views: list) 
     assert view.refresh_count == 1
 
 
+def test_history_beyond_the_replay_budget_is_finished_by_the_thread(
+    folder: Path, views: list
+) -> None:
+    with EventWriter(folder / "events.jsonl") as writer:
+        writer.write(*[metric(step, "train_loss", 1.0 / (step + 1)) for step in range(5000)])
+        writer.write({"type": "status", "status": "succeeded", "reason": None})
+    source = FolderSource(folder, page_bytes=16 * 1024, status="succeeded")
+
+    view = JobView(source, max_points=8000, refresh_interval=0.05, replay_budget=0.0)
+    views.append(view)
+    shown_at_first = len(view.trace("train_loss").x)
+    wait_for(lambda: not view.following, "the thread to finish the replay")
+
+    assert 0 < shown_at_first < 5000
+    assert len(view.trace("train_loss").x) == 5000
+    assert view.cursor == source.events_path.stat().st_size
+    assert view.status == "succeeded"
+
+
 def test_second_view_of_a_running_job_starts_from_the_history(folder: Path, views: list) -> None:
     source = FolderSource(folder)
     writer = EventWriter(source.events_path)

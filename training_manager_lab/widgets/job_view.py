@@ -30,9 +30,6 @@ logger = logging.getLogger(__name__)
 #: How often a following view asks for the job record (status, error) in seconds.
 RECORD_INTERVAL = 1.0
 
-#: At most this many events pages are read back to back before the view draws.
-_PAGES_PER_REFRESH = 8
-
 #: The most NaN/inf markers drawn per metric.
 MAX_MARKERS = 200
 
@@ -91,8 +88,9 @@ def metric_group(key: str) -> str:
 class JobView(ipywidgets.VBox):
     """A live view of one job, for display in a notebook.
 
-    On creation the view replays the job's whole event stream, then, when ``follow`` is set and
-    the job has not ended, a daemon thread follows the stream and redraws at most once per
+    On creation the view replays the job's event stream from the start (within
+    ``replay_budget``; the thread replays the rest), then, while the job has not ended and
+    ``follow`` is set, a daemon thread follows the stream and redraws at most once per
     ``refresh_interval`` and only when something changed. Each redraw of the curves is a single
     batched figure update that sends at most ``max_points`` points per curve, however long the
     run; the complete series stay in :attr:`store`. The thread stops after a final read once the
@@ -108,6 +106,10 @@ class JobView(ipywidgets.VBox):
         max_points: the most points drawn per curve; at least 8.
         refresh_interval: the shortest time between two redraws, in seconds.
         follow: whether to keep reading new events in a background thread.
+        replay_budget: with ``follow``, the most seconds the constructor spends replaying the
+            history; a longer history is drawn as far as it got and the thread replays the
+            rest, so that displaying a very long run does not hold up the notebook. Without
+            ``follow`` the whole history is always read before the constructor returns.
     """
 
     def __init__(
@@ -117,6 +119,7 @@ class JobView(ipywidgets.VBox):
         max_points: int = 2000,
         refresh_interval: float = 0.25,
         follow: bool = True,
+        replay_budget: float = 2.0,
     ) -> None:
         if max_points < 8:
             raise ValueError(f"max_points must be at least 8, got {max_points}")
@@ -143,6 +146,8 @@ class JobView(ipywidgets.VBox):
         self.marker_index: dict[str, int] = {}
 
         self._lock = threading.RLock()
+        self._read_lock = threading.Lock()
+        self._caught_up = False
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._callbacks: list[Callable[[JobView], None]] = []
@@ -180,8 +185,8 @@ class JobView(ipywidgets.VBox):
             ]
         )
 
-        self._replay()
-        if follow and not self.is_terminal:
+        self._replay(replay_budget if follow else None)
+        if follow and not (self.is_terminal and self._caught_up):
             self._thread = threading.Thread(
                 target=self._follow, name=f"tml-job-view-{self.job_id}", daemon=True
             )
@@ -211,8 +216,9 @@ class JobView(ipywidgets.VBox):
         For views made with ``follow=False``; a following view refreshes by itself.
         """
         try:
-            self._read_available(wait=0.0, max_pages=None)
-            self._poll_record()
+            if not self.following:
+                self._caught_up = self._read_available(wait=0.0, deadline=None)[1]
+                self._poll_record()
             return self._render()
         except Exception as exc:
             self._show_problem(exc)
@@ -247,11 +253,12 @@ class JobView(ipywidgets.VBox):
 
     # Reading
 
-    def _replay(self) -> None:
+    def _replay(self, budget: float | None) -> None:
         try:
             self._poll_record()
-            self._read_available(wait=0.0, max_pages=None)
-            if self.is_terminal:
+            deadline = None if budget is None else time.monotonic() + budget
+            self._caught_up = self._read_available(wait=0.0, deadline=deadline)[1]
+            if self.is_terminal and self._caught_up:
                 self._poll_record()
                 self._fetch_logs()
             self._render()
@@ -265,7 +272,10 @@ class JobView(ipywidgets.VBox):
         while not self._stop.is_set():
             try:
                 started = time.monotonic()
-                got = self._read_available(wait=self.refresh_interval, max_pages=_PAGES_PER_REFRESH)
+                wait = self.refresh_interval if self._caught_up else 0.0
+                got, self._caught_up = self._read_available(
+                    wait=wait, deadline=started + self.refresh_interval
+                )
                 if not got:
                     # A source that ignores ``wait`` must not turn this loop into a busy one.
                     rest = self.refresh_interval - (time.monotonic() - started)
@@ -279,7 +289,7 @@ class JobView(ipywidgets.VBox):
                         self._fetch_logs()
                     next_record = now + RECORD_INTERVAL
 
-                if self.is_terminal:
+                if self.is_terminal and self._caught_up:
                     self._finish()
                     return
 
@@ -288,7 +298,9 @@ class JobView(ipywidgets.VBox):
                     if delay > 0:
                         if self._stop.wait(delay):
                             break
-                        self._read_available(wait=0.0, max_pages=_PAGES_PER_REFRESH)
+                        self._caught_up = self._read_available(
+                            wait=0.0, deadline=time.monotonic() + self.refresh_interval
+                        )[1]
                     self._render()
                     last_render = time.monotonic()
                 if self.problem is not None:
@@ -303,31 +315,32 @@ class JobView(ipywidgets.VBox):
 
     def _finish(self) -> None:
         """The job has ended: read what is left, take the final record and logs, draw."""
-        self._read_available(wait=0.0, max_pages=None)
+        self._read_available(wait=0.0, deadline=None)
         self._poll_record()
         self._fetch_logs()
         self._render()
         logger.debug("job view %s stopped following: job %s", self.job_id, self.status)
 
-    def _read_available(self, wait: float, max_pages: int | None) -> bool:
-        """Read pages of events until none is left (or ``max_pages``); returns whether any came."""
+    def _read_available(self, wait: float, deadline: float | None) -> tuple[bool, bool]:
+        """Read pages of events until none is left or ``deadline`` passes.
+
+        Returns whether any event came, and whether the view has caught up with the stream.
+        """
         got = False
-        pages = 0
-        while max_pages is None or pages < max_pages:
-            events, cursor = self.source.read_events(self.cursor, wait=wait if pages == 0 else 0.0)
-            pages += 1
-            with self._lock:
-                moved = cursor != self.cursor
-                self._ingest(events)
-                self.cursor = cursor
-            if not events:
-                if not moved:
-                    break
-                continue
-            got = True
-            if self._stop.is_set() and max_pages is not None:
-                break
-        return got
+        first = True
+        with self._read_lock:
+            while True:
+                events, cursor = self.source.read_events(self.cursor, wait=wait if first else 0.0)
+                first = False
+                with self._lock:
+                    moved = cursor != self.cursor
+                    self._ingest(events)
+                    self.cursor = cursor
+                got = got or bool(events)
+                if not events and not moved:
+                    return got, True
+                if self._stop.is_set() or (deadline is not None and time.monotonic() >= deadline):
+                    return got, False
 
     def _ingest(self, events: list[dict[str, Any]]) -> None:
         steps: dict[str, list[float]] = {}
