@@ -190,10 +190,10 @@ class JobManager:
         """What local jobs may use now: visible GPUs, CPU slots, memory."""
         if self._fixed_capacity is not None:
             return self._fixed_capacity
-        from .resources.inventory import local_inventory, visible_gpu_indices
+        from .resources.inventory import local_inventory
 
         inventory = local_inventory()
-        visible = visible_gpu_indices()
+        visible = inventory.get("gpu_visible", [])
         gpus = tuple(gpu["index"] for gpu in inventory["gpus"] if gpu["index"] in visible)
         owned = self._owned_pids() if gpus else set()
         busy = frozenset(
@@ -210,6 +210,47 @@ class JobManager:
         return Capacity(
             gpus=gpus, busy_gpus=busy, cpu_slots=slots, memory=inventory["memory"]["total"]
         )
+
+    def resources(self) -> dict[str, Any]:
+        """Nodes, who holds which device, and the queue (the shape ResourcesView shows)."""
+        from .resources.inventory import local_inventory
+
+        inventory = local_inventory()
+        holders: dict[str, dict[str, Any]] = {}
+        queue = []
+        allocations = []
+        for record in self.store.active():
+            allocation = record.get("allocation") or {}
+            if record["status"] == "running":
+                holder = {"job_id": record["id"], "name": record["name"]}
+                for gpu in allocation.get("gpus", []):
+                    holders[str(gpu)] = holder
+                allocations.append({**holder, "allocation": allocation})
+            else:
+                queue.append(
+                    {
+                        "id": record["id"],
+                        "name": record["name"],
+                        "position": record.get("queue_position"),
+                        "reason": record.get("reason"),
+                        "priority": record.get("priority", 0),
+                    }
+                )
+        capacity = self.capacity()
+        return {
+            "nodes": [inventory],
+            "holders": holders,
+            "queue": queue,
+            "allocations": allocations,
+            "capacity": {
+                "gpus": list(capacity.gpus),
+                "busy_gpus": sorted(capacity.busy_gpus),
+                "cpu_slots": capacity.cpu_slots,
+                "cpu_slots_used": sum(
+                    (a["allocation"].get("cpu_slots") or 0) for a in allocations
+                ),
+            },
+        }
 
     def _owned_pids(self) -> set[int]:
         from .backends.local import job_processes

@@ -1,0 +1,1 @@
+"""The Jupyter server extension: app, handlers and the OpenAPI document."""

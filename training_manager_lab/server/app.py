@@ -1,0 +1,85 @@
+"""The Jupyter server extension: hosts the job manager and serves its API."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from jupyter_server.extension.application import ExtensionApp
+from traitlets import Dict, Integer, Unicode
+
+from .handlers import handlers
+
+
+class TrainingManagerApp(ExtensionApp):
+    """Owns the jobs of this Jupyter server: they outlive kernels, tabs and server restarts."""
+
+    name = "training_manager_lab"
+
+    state_dir = Unicode(
+        "",
+        config=True,
+        help="Folder for the job store, job folders and the default MLflow store. Default: "
+        "TML_STATE_DIR, else .training-manager in the server's root directory.",
+    )
+    tracking_uri = Unicode(
+        "",
+        config=True,
+        help="MLflow tracking URI. Default: MLFLOW_TRACKING_URI, else a SQLite file in the "
+        "state directory.",
+    )
+    cpu_slots = Integer(
+        0, config=True, help="CPU processes jobs may run at once; 0 means the usable cores."
+    )
+    max_queued = Integer(1000, config=True, help="Jobs the queue may hold before refusing more.")
+    gpu_busy_threshold = Integer(
+        1 << 30,
+        config=True,
+        help="Bytes of GPU memory that processes outside our jobs may hold before the GPU "
+        "counts as busy.",
+    )
+    backend_classes = Dict(
+        {},
+        config=True,
+        help="Extra execution backends, name -> 'package.module:Class' (e.g. "
+        "{'slurm': 'training_manager_lab.backends.slurm:SlurmBackend'}).",
+    )
+    backend_options = Dict(
+        {}, config=True, help="Keyword arguments for each backend class, by backend name."
+    )
+
+    def initialize_settings(self) -> None:
+        from ..manager import JobManager
+        from ..spec import resolve_reference
+
+        state_dir = self.state_dir or os.environ.get("TML_STATE_DIR") or str(
+            Path(self.serverapp.root_dir) / ".training-manager"
+        )
+        backends: dict[str, Any] = {}
+        for name, reference in self.backend_classes.items():
+            backend_class = resolve_reference(reference)
+            backends[name] = backend_class(**self.backend_options.get(name, {}))
+        manager = JobManager(
+            state_dir,
+            tracking_uri=self.tracking_uri or None,
+            cpu_slots=self.cpu_slots or None,
+            max_queued=self.max_queued,
+            backends=backends,
+            gpu_busy_threshold=self.gpu_busy_threshold,
+        )
+        manager.adopt()
+        manager.start()
+        self.settings["tml_manager"] = manager
+        self.settings["tml_root_dir"] = str(Path(self.serverapp.root_dir).resolve())
+        self.log.info(
+            "training-manager: state in %s, MLflow at %s", manager.state_dir, manager.tracking_uri
+        )
+
+    def initialize_handlers(self) -> None:
+        self.handlers.extend(handlers())
+
+    async def stop_extension(self) -> None:
+        manager = self.settings.get("tml_manager")
+        if manager is not None:
+            manager.stop()
