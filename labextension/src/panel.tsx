@@ -90,9 +90,13 @@ function PanelView(props: IPanelViewProps): JSX.Element {
         </button>
       </header>
       <ConnectionBanner state={model.state} model={model} />
-      <ResourcesSection resource={model.resources} />
-      <JobsSection model={model} commands={commands} />
-      <ModelsSection model={model} />
+      {model.state !== 'extension-missing' && (
+        <>
+          <ResourcesSection resource={model.resources} />
+          <JobsSection model={model} commands={commands} />
+          <ModelsSection model={model} />
+        </>
+      )}
     </div>
   );
 }
