@@ -165,8 +165,9 @@ def _own_lineage() -> set[int]:
 def find_orphans(gpu_procs: Iterable[Mapping[str, Any]], owned_pids: set[int]) -> list[dict]:
     """Return the GPU processes that belong to no job and no live kernel.
 
-    A process is owned when it, or one of its ancestors, is in ``owned_pids``; the server
-    itself and its ancestors are never orphans.
+    A process is owned when it, or one of its ancestors, is in ``owned_pids``. The server
+    itself and its ancestors are never orphans; its other descendants (a terminal's
+    ``python train.py``) are, unless they belong to a job or kernel.
 
     Args:
         gpu_procs: GPU processes as :func:`gpu_processes` returns them.
@@ -177,7 +178,8 @@ def find_orphans(gpu_procs: Iterable[Mapping[str, Any]], owned_pids: set[int]) -
         ``"username"`` and ``"create_time"`` (None for a process this server cannot see,
         such as one in another container).
     """
-    owned = set(owned_pids) | _own_lineage()
+    owned = set(owned_pids)
+    server = _own_lineage()
     orphans = []
     for entry in gpu_procs:
         pid = int(entry["pid"])
@@ -189,7 +191,7 @@ def find_orphans(gpu_procs: Iterable[Mapping[str, Any]], owned_pids: set[int]) -
             info.update(proc.as_dict(["name", "cmdline", "username", "create_time"]))
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             lineage = {pid}
-        if lineage & owned:
+        if pid in server or lineage & owned:
             continue
         cmdline = info.get("cmdline")
         info["cmdline"] = " ".join(cmdline) if isinstance(cmdline, list) else cmdline
