@@ -7,7 +7,12 @@ import { ServerConnection } from '@jupyterlab/services';
 import { ISignal, Signal } from '@lumino/signaling';
 
 import { requestAPI } from './api';
-import { parseJobList, parseModelList, parseResources } from './normalize';
+import {
+  mergeVersions,
+  parseJobList,
+  parseModelList,
+  parseResources
+} from './normalize';
 import { ConnectionState, PolledResource } from './poller';
 import { apiPath } from './url';
 import type {
@@ -76,6 +81,7 @@ export class TrainingModel {
     this.models = new PolledResource<IModelList>({
       path: 'models',
       parse: parseModelList,
+      expand: loadVersions,
       interval: options.modelsInterval ?? 10000,
       settings: this._settings
     });
@@ -239,4 +245,26 @@ export class TrainingModel {
   private _statusFilter: JobStatus | null = null;
   private _changed = new Signal<this, void>(this);
   private _isDisposed = false;
+}
+
+/**
+ * Fetch the versions of every listed model (`GET models` lists names and
+ * aliases only) and merge them in.
+ */
+async function loadVersions(
+  list: IModelList,
+  settings: ServerConnection.ISettings
+): Promise<IModelList> {
+  const models = await Promise.all(
+    list.models.map(async model => {
+      const detail = await requestAPI<unknown>(
+        `models/${apiPath(model.name)}`,
+        {
+          settings
+        }
+      );
+      return mergeVersions(model, detail);
+    })
+  );
+  return { models };
 }

@@ -4,6 +4,8 @@
  */
 
 import type {
+  IAllocationEntry,
+  ICapacity,
   IGpu,
   IHolder,
   IJobList,
@@ -67,7 +69,16 @@ export function parseResources(data: unknown): IResources {
   const queue = Array.isArray(body.queue)
     ? body.queue.map(entry => asObject(entry) as IQueueEntry)
     : [];
-  return { ...body, nodes, queue } as IResources;
+  const allocations = Array.isArray(body.allocations)
+    ? body.allocations.map(entry => asObject(entry) as IAllocationEntry)
+    : [];
+  return {
+    ...body,
+    nodes,
+    queue,
+    allocations,
+    capacity: asObject(body.capacity) as ICapacity
+  } as IResources;
 }
 
 /**
@@ -83,6 +94,24 @@ export function parseModelList(data: unknown): IModelList {
         ? [body]
         : [];
   return { models: raw.map(model => readModel(asObject(model))) };
+}
+
+/**
+ * Merge the answer of `GET models/<name>` (the versions) into a listed model,
+ * reconciling aliases.
+ */
+export function mergeVersions(
+  model: IRegisteredModel,
+  detail: unknown
+): IRegisteredModel {
+  const body = asObject(detail);
+  return readModel({
+    name: model.name,
+    description: model.description,
+    aliases: model.aliases,
+    tags: model.tags,
+    versions: Array.isArray(body.versions) ? body.versions : []
+  });
 }
 
 /**
@@ -218,9 +247,10 @@ function readVersion(raw: Json): IModelVersion {
     aliases: Array.isArray(raw.aliases) ? raw.aliases.map(String) : [],
     tags: readTags(raw.tags),
     run_id: firstString(raw.run_id),
+    job_id: firstString(raw.job_id),
     status: firstString(raw.status),
     source: firstString(raw.source),
-    creation_timestamp: firstNumber(raw.creation_timestamp),
+    creation_timestamp: firstNumber(raw.created_at, raw.creation_timestamp),
     description: firstString(raw.description)
   };
 }

@@ -36,6 +36,12 @@ export interface IPolledResourceOptions<T> {
   parse: (data: unknown) => T;
 
   /**
+   * Completes a fresh value with more requests (e.g. each model's versions)
+   * before it is published.
+   */
+  expand?: (value: T, settings: ServerConnection.ISettings) => Promise<T>;
+
+  /**
    * Milliseconds between two requests while all is well.
    */
   interval: number;
@@ -63,6 +69,7 @@ export class PolledResource<T> {
     this._path = options.path;
     this._query = options.query ?? (() => ({}));
     this._parse = options.parse;
+    this._expand = options.expand ?? null;
     this._settings = options.settings ?? ServerConnection.makeSettings();
     this._poll = new Poll({
       auto: true,
@@ -153,7 +160,11 @@ export class PolledResource<T> {
       });
       this._setState('connected', null);
       if (!result.notModified) {
-        this._value = this._parse(result.data);
+        let value = this._parse(result.data);
+        if (this._expand) {
+          value = await this._expand(value, this._settings);
+        }
+        this._value = value;
         this._etag = result.etag;
         this._changed.emit(this._value);
       }
@@ -191,6 +202,8 @@ export class PolledResource<T> {
   private _query: () => Record<string, QueryValue>;
   private _queryKey = '';
   private _parse: (data: unknown) => T;
+  private _expand:
+    ((value: T, settings: ServerConnection.ISettings) => Promise<T>) | null;
   private _settings: ServerConnection.ISettings;
   private _poll: Poll;
   private _etag: string | null = null;

@@ -43,6 +43,7 @@ export function ResourcesSection(props: IResourcesSectionProps): JSX.Element {
       ) : (
         nodes.map(node => <NodeView key={node.name} node={node} />)
       )}
+      {resources !== null && <SlotsView resources={resources} />}
       {resources !== null && <QueueView queue={queue} />}
     </details>
   );
@@ -124,6 +125,33 @@ function GpuView(props: { gpu: IGpu; nodeName: string }): JSX.Element {
         label={`Mem ${formatBytes(gpu.memory_used)} / ${formatBytes(gpu.memory_total)}`}
         ariaLabel={`Memory of GPU ${gpu.index} on ${nodeName}`}
       />
+    </div>
+  );
+}
+
+function SlotsView(props: { resources: IResources }): JSX.Element | null {
+  const capacity = props.resources.capacity ?? {};
+  const allocations = props.resources.allocations ?? [];
+  if (typeof capacity.cpu_slots !== 'number' || capacity.cpu_slots <= 0) {
+    return null;
+  }
+  const used = capacity.cpu_slots_used ?? 0;
+  const holders = allocations
+    .filter(entry => (entry.allocation?.cpu_slots ?? 0) > 0)
+    .map(entry => {
+      const id = entry.job_id ?? '?';
+      return `${entry.name ? `${entry.name} (${id})` : id} ×${entry.allocation?.cpu_slots}`;
+    });
+  return (
+    <div className="tml-Slots">
+      <Bar
+        fraction={used / capacity.cpu_slots}
+        label={`CPU job slots ${used} / ${capacity.cpu_slots}`}
+        ariaLabel="CPU job slots in use"
+      />
+      {holders.length > 0 && (
+        <div className="tml-Muted">held by {holders.join(', ')}</div>
+      )}
     </div>
   );
 }

@@ -193,12 +193,33 @@ export interface IQueueEntry {
 }
 
 /**
+ * What the scheduler can hand out and what is handed out.
+ */
+export interface ICapacity {
+  cpu_slots?: number;
+  cpu_slots_used?: number;
+  gpus?: number[];
+  busy_gpus?: number[];
+}
+
+/**
+ * A running job and what it holds.
+ */
+export interface IAllocationEntry {
+  job_id?: string;
+  name?: string | null;
+  allocation?: IJobAllocation;
+}
+
+/**
  * The answer of `GET resources`.
  */
 export interface IResources {
   nodes: INode[];
   holders?: Record<string, IHolder | IHolder[]>;
   queue?: IQueueEntry[];
+  capacity?: ICapacity;
+  allocations?: IAllocationEntry[];
   error?: string | null;
   backend?: string;
   [extra: string]: unknown;
@@ -212,6 +233,7 @@ export interface IModelVersion {
   aliases: string[];
   tags: Record<string, string>;
   run_id?: string | null;
+  job_id?: string | null;
   status?: string | null;
   source?: string | null;
   creation_timestamp?: number | null;

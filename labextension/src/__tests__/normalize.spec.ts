@@ -171,3 +171,40 @@ describe('parseModelList', () => {
     expect(parseModelList({ models: [] })).toEqual({ models: [] });
   });
 });
+
+describe('mergeVersions', () => {
+  it('combines the model list entry with the versions of GET models/<name>', () => {
+    const [listed] = parseModelList({
+      models: [
+        { name: 'digits', aliases: { champion: '1' }, latest_version: '2' }
+      ]
+    }).models;
+
+    const merged = mergeVersions(listed, {
+      name: 'digits',
+      versions: [
+        {
+          version: '1',
+          aliases: ['champion'],
+          tags: {},
+          created_at: 1733300000.5
+        },
+        {
+          version: '2',
+          aliases: [],
+          tags: { stage: 'staging' },
+          job_id: '3f9a1c2b7d10'
+        }
+      ]
+    });
+
+    expect(merged.versions.map(v => [v.version, v.aliases])).toEqual([
+      ['2', []],
+      ['1', ['champion']]
+    ]);
+    expect(merged.versions[0].tags).toEqual({ stage: 'staging' });
+    expect(merged.versions[0].job_id).toBe('3f9a1c2b7d10');
+    expect(merged.versions[1].creation_timestamp).toBe(1733300000.5);
+    expect(merged.aliases).toEqual({ champion: '1' });
+  });
+});
