@@ -1,5 +1,6 @@
 import {
   describeHolder,
+  mergeVersions,
   parseJobList,
   parseModelList,
   parseResources
