@@ -433,8 +433,10 @@ class JobView(ipywidgets.VBox):
             if not self._has_changes():
                 return False
             self._meter.reset()
-            self._draw_figure()
-            self._draw_text()
+            drew = self._draw_figure()
+            wrote = self._draw_text()
+            if not (drew or wrote):
+                return False
             self.refresh_count += 1
             self.last_refresh_bytes = self._meter.reset()
         for callback in list(self._callbacks):
@@ -444,11 +446,12 @@ class JobView(ipywidgets.VBox):
                 logger.exception("a refresh callback of job view %s failed", self.job_id)
         return True
 
-    def _draw_figure(self) -> None:
+    def _draw_figure(self) -> bool:
+        """Send the changed curves in one batched update; returns whether any changed."""
         dirty = [key for key in self.store if key in self._dirty_keys]
         self._dirty_keys.clear()
         if not dirty:
-            return
+            return False
 
         new_traces = []
         for key in dirty:
@@ -481,6 +484,7 @@ class JobView(ipywidgets.VBox):
                     marker.hovertext = [
                         f"{key} is {k} at step {s:g}" for k, s in zip(kinds, mx, strict=True)
                     ]
+        return True
 
     def _axis_number(self, key: str) -> int:
         group = metric_group(key)
@@ -517,22 +521,32 @@ class JobView(ipywidgets.VBox):
         )
         return ("marker", key), trace
 
-    def _draw_text(self) -> None:
+    def _draw_text(self) -> bool:
+        """Update the text parts that changed; returns whether any did."""
         if not self._dirty_text:
-            return
+            return False
         self._dirty_text = False
-        self.header.value = self._header_html()
         fraction = self._fraction()
-        self.progress_bar.value = 0.0 if fraction is None else fraction
-        self.progress_bar.bar_style = _BAR_STYLES.get(self.status, "")
-        self.progress_text.value = self._progress_html(fraction)
-        self.notice.value = (
+        notice = (
             ""
             if self.problem is None
             else f"<div style='color:#c62828'>{html.escape(self.problem)}</div>"
         )
-        self.warnings_box.value = self._warnings_html()
-        self.error_box.value = self._error_html()
+        wanted: list[tuple[Any, str, Any]] = [
+            (self.header, "value", self._header_html()),
+            (self.progress_bar, "value", 0.0 if fraction is None else fraction),
+            (self.progress_bar, "bar_style", _BAR_STYLES.get(self.status, "")),
+            (self.progress_text, "value", self._progress_html(fraction)),
+            (self.notice, "value", notice),
+            (self.warnings_box, "value", self._warnings_html()),
+            (self.error_box, "value", self._error_html()),
+        ]
+        changed = False
+        for widget, name, value in wanted:
+            if getattr(widget, name) != value:
+                setattr(widget, name, value)
+                changed = True
+        return changed
 
     def _fraction(self) -> float | None:
         if self.status == "succeeded":
