@@ -13,6 +13,7 @@ import pytest
 
 from training_manager_lab.resources.attribution import (
     ProcessRefused,
+    attribute,
     end_process,
     find_orphans,
     gpu_processes,
@@ -237,3 +238,37 @@ def test_end_process_of_a_process_already_gone(spawn) -> None:
     proc.wait(10)
 
     assert end_process(proc.pid, allowed={proc.pid}) == "gone"
+
+
+def test_attribute_names_the_job_or_kernel_behind_each_gpu_process(spawn) -> None:
+    job, line = spawn(PARENT)
+    rank = int(line.split()[0])
+    kernel, _ = spawn(SLEEPER)
+    stray, _ = spawn(SLEEPER)
+    inventory = {
+        "node": "node-a",
+        "gpus": [
+            {"index": 0, "uuid": "GPU-a", "processes": [{"pid": rank, "used_memory": GiB}]},
+            {"index": 1, "uuid": "GPU-b", "processes": [{"pid": kernel.pid, "used_memory": GiB}]},
+            {"index": 2, "uuid": None, "processes": [{"pid": kernel.pid, "used_memory": 2 * GiB}]},
+            {"index": 3, "uuid": "GPU-d", "processes": [{"pid": stray.pid, "used_memory": GiB}]},
+        ],
+    }
+
+    found = attribute(
+        inventory,
+        jobs={"3f9a1c2b7d10": {"name": "digits", "pids": [job.pid]}},
+        kernels={"k-1": kernel.pid, "k-2": None},
+    )
+
+    assert found["holders"]["GPU-a"] == [
+        {"job_id": "3f9a1c2b7d10", "name": "digits", "pid": rank, "used_memory": GiB}
+    ]
+    assert found["holders"]["GPU-b"] == [
+        {"kernel_id": "k-1", "pid": kernel.pid, "used_memory": GiB}
+    ]
+    assert found["holders"]["2"][0]["kernel_id"] == "k-1"
+    assert "GPU-d" not in found["holders"]
+    assert found["kernels"] == {"k-1": {"pid": kernel.pid, "gpu_memory": 3 * GiB, "gpus": [1, 2]}}
+    assert [o["pid"] for o in found["orphans"]] == [stray.pid]
+    assert found["orphans"][0]["gpu_uuid"] == "GPU-d"

@@ -217,3 +217,25 @@ def test_sparkline_scales_to_the_top_and_leaves_gaps() -> None:
     assert sparkline([1, None, 4]) == "▃ █"
     assert sparkline([]) == ""
     assert len(sparkline(list(range(500)))) == 60
+
+
+def test_holders_under_uuid_and_index_are_merged() -> None:
+    inventory = _inventory()
+    job = {"job_id": "3f9a1c2b7d10", "name": "digits-mlp"}
+    data = {
+        "nodes": [inventory],
+        "holders": {
+            "0": job,
+            GPU0: [
+                {**job, "pid": 4190005, "used_memory": 1024**3},
+                {**job, "pid": 4190006, "used_memory": 1024**3},
+                {"kernel_id": "5e1f0c2a", "pid": 4190007, "used_memory": 512 * 1024**2},
+            ],
+        },
+    }
+
+    text = ResourcesView(lambda: data, autostart=False).html
+
+    assert text.count("job 3f9a1c2b7d10") == 1
+    assert "job 3f9a1c2b7d10 (digits-mlp), 2.0 GiB" in text
+    assert "kernel 5e1f0c2a, 512.0 MiB" in text

@@ -2,6 +2,7 @@
 
 from training_manager_lab.resources.attribution import (
     ProcessRefused,
+    attribute,
     end_process,
     find_orphans,
     gpu_processes,
@@ -28,6 +29,7 @@ __all__ = [
     "RecordedProbe",
     "Sampler",
     "allocatable_gpus",
+    "attribute",
     "end_process",
     "find_orphans",
     "get_probe",

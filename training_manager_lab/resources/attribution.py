@@ -249,3 +249,70 @@ def _ended(proc: psutil.Process, timeout: float) -> bool:
             return proc.status() == psutil.STATUS_ZOMBIE
         except psutil.NoSuchProcess:
             return True
+
+
+def attribute(
+    inventory: Mapping[str, Any],
+    jobs: Mapping[str, Mapping[str, Any]] | None = None,
+    kernels: Mapping[str, int | None] | None = None,
+) -> dict[str, Any]:
+    """Say which job or kernel holds each GPU process of one inventory, and which are orphans.
+
+    A GPU process belongs to the nearest of its ancestors (or itself) that is a job root or a
+    kernel. The result plugs into the resources view and the REST API as they are.
+
+    Args:
+        inventory: One node's inventory (``local_inventory()``).
+        jobs: ``{job_id: {"name": str | None, "pids": [root pids: supervisor, ranks]}}``.
+        kernels: ``{kernel_id: kernel pid}``; a None pid is skipped.
+
+    Returns:
+        ``{"holders": {gpu uuid (or index as text): [{"job_id", "name", "pid",
+        "used_memory"} | {"kernel_id", "pid", "used_memory"}]}, "kernels": {kernel_id:
+        {"pid", "gpu_memory", "gpus"}}, "orphans": find_orphans() entries}``.
+    """
+    roots: dict[int, dict[str, Any]] = {}
+    for job_id, job in (jobs or {}).items():
+        for pid in job.get("pids") or []:
+            roots[int(pid)] = {"job_id": job_id, "name": job.get("name")}
+    kernel_usage: dict[str, dict[str, Any]] = {}
+    for kernel_id, pid in (kernels or {}).items():
+        if pid is not None:
+            roots[int(pid)] = {"kernel_id": kernel_id}
+            kernel_usage[kernel_id] = {"pid": int(pid), "gpu_memory": 0, "gpus": []}
+
+    holders: dict[str, list[dict[str, Any]]] = {}
+    unowned = []
+    for proc in gpu_processes(inventory.get("gpus") or [], inventory.get("node")):
+        owner = _nearest_owner(proc["pid"], roots)
+        if owner is None:
+            unowned.append(proc)
+            continue
+        key = str(proc["gpu_uuid"] or proc["gpu_index"])
+        holders.setdefault(key, []).append(
+            {**owner, "pid": proc["pid"], "used_memory": proc["used_memory"]}
+        )
+        if "kernel_id" in owner:
+            usage = kernel_usage[owner["kernel_id"]]
+            usage["gpu_memory"] += proc["used_memory"] or 0
+            if proc["gpu_index"] not in usage["gpus"]:
+                usage["gpus"].append(proc["gpu_index"])
+
+    return {
+        "holders": holders,
+        "kernels": kernel_usage,
+        "orphans": find_orphans(unowned, set(roots)),
+    }
+
+
+def _nearest_owner(pid: int, roots: Mapping[int, dict[str, Any]]) -> dict[str, Any] | None:
+    if pid in roots:
+        return roots[pid]
+    try:
+        ancestors = psutil.Process(pid).parents()
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return None
+    for ancestor in ancestors:
+        if ancestor.pid in roots:
+            return roots[ancestor.pid]
+    return None

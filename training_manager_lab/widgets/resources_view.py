@@ -13,9 +13,11 @@ returning this dict (the REST API ``GET resources`` serves the same shape)::
     }
 
 Every key but ``nodes`` may be left out. A holder key is the GPU's UUID, ``"<node>:<index>"``
-or the index (as int or text), looked up in that order. A holder is ``{"job_id": str,
-"name": str | None}`` for a job, ``{"kernel_id": str, "name": str | None}`` for a kernel of
-this server, or ``{"pid": int, "name": str | None}`` for anything else. A ``series`` is
+or the index (as int or text); holders found under several keys of one GPU are merged, one
+per job, kernel or pid. A holder is ``{"job_id": str, "name": str | None}`` for a job,
+``{"kernel_id": str, "name": str | None}`` for a kernel of this server, or ``{"pid": int,
+"name": str | None}`` for anything else, each optionally with ``"used_memory"`` (bytes on that
+GPU); ``resources.attribution.attribute()`` computes them from the GPU processes. A ``series`` is
 ``{"t": [...], "cpu_percent": [...], "memory_percent": [...], "gpus": {uuid or index as text:
 {"index": i, "utilization": [...], "memory_used": [...]}}}``. An inventory GPU value that is
 None is shown as "n/a".
@@ -267,13 +269,32 @@ def _gpu_table(
 
 def _holders_of(
     node: Mapping[str, Any], gpu: Mapping[str, Any], holders: Mapping[Any, Any]
-) -> list[Mapping[str, Any]]:
+) -> list[dict[str, Any]]:
+    # Holders may come keyed by UUID (from attribution) and by index (from allocations): merge
+    # them, one entry per job, kernel or process, adding up the memory they report.
     index = gpu["index"]
+    merged: dict[tuple[str, Any], dict[str, Any]] = {}
     for key in (gpu.get("uuid"), f"{node.get('node')}:{index}", index, str(index)):
-        if key is not None and key in holders:
-            found = holders[key]
-            return list(found) if isinstance(found, (list, tuple)) else [found]
-    return []
+        if key is None or key not in holders:
+            continue
+        found = holders[key]
+        for holder in found if isinstance(found, (list, tuple)) else [found]:
+            identity = _identity(holder)
+            if identity not in merged:
+                merged[identity] = dict(holder)
+                continue
+            entry = merged[identity]
+            entry["name"] = entry.get("name") or holder.get("name")
+            if holder.get("used_memory") is not None:
+                entry["used_memory"] = (entry.get("used_memory") or 0) + holder["used_memory"]
+    return list(merged.values())
+
+
+def _identity(holder: Mapping[str, Any]) -> tuple[str, Any]:
+    for kind in ("job_id", "kernel_id", "pid"):
+        if holder.get(kind) is not None:
+            return kind, holder[kind]
+    return "other", id(holder)
 
 
 def _holder_html(holders: Sequence[Mapping[str, Any]], gpu: Mapping[str, Any]) -> str:
@@ -294,7 +315,11 @@ def _holder_html(holders: Sequence[Mapping[str, Any]], gpu: Mapping[str, Any]) -
             text = f"pid {holder['pid']}"
         else:
             text = "?"
-        texts.append(html.escape(f"{text} ({name})" if name else text))
+        if name:
+            text += f" ({name})"
+        if holder.get("used_memory") is not None:
+            text += f", {_bytes(holder['used_memory'])}"
+        texts.append(html.escape(text))
     return "<br>".join(texts)
 
 
