@@ -374,3 +374,12 @@ def test_views_redraw_only_when_something_changed(folder: Path, views: list) -> 
 )
 def test_metric_groups(key: str, group: str) -> None:
     assert metric_group(key) == group
+
+
+def test_bad_arguments_are_refused_with_the_accepted_range(folder: Path) -> None:
+    source = FolderSource(folder)
+
+    with pytest.raises(ValueError, match="max_points must be at least 8"):
+        JobView(source, max_points=2)
+    with pytest.raises(ValueError, match="refresh_interval must be above 0"):
+        JobView(source, refresh_interval=0)

@@ -233,6 +233,10 @@ class JobView(ipywidgets.VBox):
 
     def close(self) -> None:
         """Stop following and close the widget and its parts."""
+        if not hasattr(self, "_meter"):
+            # The constructor refused its arguments; ipywidgets still closes on disposal.
+            super().close()
+            return
         self.stop()
         self._meter.detach()
         for widget in (
