@@ -33,6 +33,7 @@ class InventoryReader:
         self._node = socket.gethostname()
         self._logical = psutil.cpu_count() or 1
         self._host_times = _busy_and_total(psutil.cpu_times())
+        self._host_percent = 0.0
         self._cgroup_times: tuple[float, float] | None = None
 
     def read(self, env: Mapping[str, str] | None = None) -> dict[str, Any]:
@@ -69,8 +70,12 @@ class InventoryReader:
         with self._lock:
             busy, total = _busy_and_total(psutil.cpu_times())
             last_busy, last_total = self._host_times
-            self._host_times = (busy, total)
-            percent = _ratio(busy - last_busy, total - last_total)
+            percent = self._host_percent
+            # Calls closer together than a few clock ticks would give noise; keep the last value.
+            if total - last_total >= 0.05 * self._logical:
+                percent = _ratio(busy - last_busy, total - last_total)
+                self._host_times = (busy, total)
+                self._host_percent = percent
             if limits.cpu_quota is not None and limits.cpu_seconds is not None:
                 # Within a quota, the share of the usable cores that the cgroup used.
                 now = (time.monotonic(), limits.cpu_seconds)

@@ -40,6 +40,7 @@ Provider = Callable[[], Mapping[str, Any]]
 
 _BLOCKS = "▁▂▃▄▅▆▇█"
 _SPARK_POINTS = 60
+_CELL = "padding:2px 8px;white-space:nowrap"
 
 
 class ResourcesView(ipywidgets.VBox):
@@ -260,9 +261,7 @@ def _gpu_table(
             _spark((series.get(key) or {}).get("utilization"), 100),
             _holder_html(_holders_of(node, gpu, holders), gpu),
         ]
-        rows.append(
-            "<tr>" + "".join(f"<td style='padding:2px 8px'>{c}</td>" for c in cells) + "</tr>"
-        )
+        rows.append("<tr>" + "".join(f"<td style='{_CELL}'>{c}</td>" for c in cells) + "</tr>")
     rows.append("</table>")
     return "".join(rows)
 
@@ -342,7 +341,7 @@ def _queue_html(queue: Sequence[Mapping[str, Any]]) -> str:
         rows.append(
             "<tr>"
             + "".join(
-                f"<td style='padding:2px 8px'>{html.escape(str(c if c is not None else ''))}</td>"
+                f"<td style='{_CELL}'>{html.escape(str(c if c is not None else ''))}</td>"
                 for c in cells
             )
             + "</tr>"
@@ -365,9 +364,9 @@ def _orphan_label(orphan: Mapping[str, Any]) -> str:
 
 def _bar_row(label: str, percent: float | None, text: str, spark: str) -> str:
     return (
-        f"<tr><td style='padding:2px 8px'>{label}</td>"
-        f"<td style='padding:2px 8px'>{_bar(percent, text)}</td>"
-        f"<td style='padding:2px 8px'>{spark}</td></tr>"
+        f"<tr><td style='{_CELL}'>{label}</td>"
+        f"<td style='{_CELL}'>{_bar(percent, text)}</td>"
+        f"<td style='{_CELL}'>{spark}</td></tr>"
     )
 
 
@@ -409,7 +408,10 @@ def sparkline(values: Sequence[float | None] | None, top: float | None = None) -
 
 def _spark(values: Sequence[float | None] | None, top: float | None) -> str:
     line = sparkline(values, top)
-    return f"<span class='tml-spark' style='font-family:monospace'>{line}</span>" if line else ""
+    if not line:
+        return ""
+    style = "font-family:monospace;font-size:9px;line-height:1"
+    return f"<span class='tml-spark' style='{style}'>{line}</span>"
 
 
 def _error_html(message: str) -> str:
