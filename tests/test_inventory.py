@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
@@ -17,6 +18,7 @@ import pytest
 
 from training_manager_lab.resources import nvml
 from training_manager_lab.resources.cgroup import CgroupReader
+from training_manager_lab.resources.history import Sampler, sample_cost
 from training_manager_lab.resources.inventory import (
     InventoryReader,
     allocatable_gpus,
@@ -335,3 +337,60 @@ def test_inventory_marks_gpus_hidden_by_cuda_visible_devices() -> None:
     assert inventory["gpu_visible"] == [3, 1]
     assert [g["index"] for g in allocatable_gpus(inventory)] == [3, 1]
     assert visible_gpu_indices({"CUDA_VISIBLE_DEVICES": "2"}) == [2]
+
+
+def test_sampler_keeps_only_its_window_and_aligns_series() -> None:
+    probe = RecordedProbe(data=json.loads(FOUR_GPUS.read_text()))
+    set_probe(probe)
+    sampler = Sampler(interval=1.0, window=3.0, reader=InventoryReader(cgroup=_no_cgroup()))
+
+    for utilization in (10, 20, 0, 50, 100):
+        probe.set_gpu(2, utilization=utilization)
+        sampler.sample()
+    history = sampler.history()
+
+    assert len(sampler.samples()) == 4
+    assert len(history["t"]) == 4 and history["t"] == sorted(history["t"])
+    gpu2 = history["gpus"]["GPU-5d3c0a7e-21b2-4c3d-9e8f-0a1b2c3d4e52"]
+    assert gpu2["index"] == 2
+    assert gpu2["utilization"] == [20, 0, 50, 100]
+    assert len(history["cpu_percent"]) == len(history["memory_used"]) == 4
+    assert len(sampler.samples(0)) == 1
+    assert sampler.latest()["gpus"][2]["utilization"] == 100
+
+
+def test_sampler_thread_samples_until_stopped() -> None:
+    set_probe(RecordedProbe(FOUR_GPUS))
+    failures = []
+
+    class FlakyReader(InventoryReader):
+        def read(self, env=None):  # type: ignore[no-untyped-def]
+            if not failures:
+                failures.append(1)
+                raise RuntimeError("first sample fails")
+            return super().read(env)
+
+    sampler = Sampler(interval=0.02, window=10.0, reader=FlakyReader(cgroup=_no_cgroup()))
+    with sampler:
+        deadline = time.monotonic() + 30
+        while len(sampler.samples()) < 3 and time.monotonic() < deadline:
+            time.sleep(0.01)
+    kept = len(sampler.samples())
+    time.sleep(0.1)
+
+    assert failures == [1]
+    assert kept >= 3
+    assert not sampler.running
+    assert len(sampler.samples()) == kept
+
+
+def test_sample_cost_reports_the_cpu_time_of_one_sample() -> None:
+    set_probe(RecordedProbe(FOUR_GPUS))
+
+    cost = sample_cost(samples=5)
+
+    assert cost["samples"] == 5
+    assert cost["cpu_seconds_per_sample"] >= 0.0
+    assert cost["core_percent_at_1hz"] == pytest.approx(100.0 * cost["cpu_seconds_per_sample"])
+    with pytest.raises(ValueError, match="samples >= 1"):
+        sample_cost(samples=0)
