@@ -239,3 +239,20 @@ def test_holders_under_uuid_and_index_are_merged() -> None:
     assert text.count("job 3f9a1c2b7d10") == 1
     assert "job 3f9a1c2b7d10 (digits-mlp), 2.0 GiB" in text
     assert "kernel 5e1f0c2a, 512.0 MiB" in text
+
+
+def test_kernels_holding_gpu_memory_are_listed() -> None:
+    inventory = _inventory()
+    kernels = {
+        "5e1f0c2a": {"pid": 4190007, "gpu_memory": 3 * 1024**3, "gpus": [1, 2]},
+        "77aa0b1c": {"pid": 4190008, "gpu_memory": 0, "gpus": []},
+    }
+
+    text = ResourcesView(lambda: {"nodes": [inventory], "kernels": kernels}, autostart=False).html
+    listed = ResourcesView(
+        lambda: {"nodes": [inventory], "kernels": [{"kernel_id": "k", "pid": 1}]}, autostart=False
+    ).html
+
+    assert "kernel 5e1f0c2a: 3.0 GiB on GPU 1, 2" in text
+    assert "77aa0b1c" not in text
+    assert "Kernels on GPUs" not in listed

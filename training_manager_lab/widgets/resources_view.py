@@ -8,6 +8,7 @@ returning this dict (the REST API ``GET resources`` serves the same shape)::
       "holders": {key: holder | [holder, ...]},
       "queue": [{"id": str, "name": str | None, "position": int, "reason": str | None}],
       "orphans": [orphan, ...],             # find_orphans() entries
+      "kernels": {kernel_id: {"pid", "gpu_memory", "gpus"}},  # attribute()["kernels"]
       "history": {node name: series},       # Sampler.history() of each node
       "error": str | None,                  # shown above everything when set
     }
@@ -154,7 +155,8 @@ class ResourcesView(ipywidgets.VBox):
             for node in data.get("nodes") or []
         ]
         self._set(self._nodes, "".join(nodes) or "<p>No node reported any resources.</p>")
-        self._set(self._queue, _queue_html(data.get("queue") or []))
+        queue = _queue_html(data.get("queue") or [])
+        self._set(self._queue, _kernels_html(data.get("kernels")) + queue)
         self._draw_orphans(data.get("orphans") or [])
 
     @staticmethod
@@ -348,6 +350,23 @@ def _queue_html(queue: Sequence[Mapping[str, Any]]) -> str:
         )
     rows.append("</table>")
     return "".join(rows)
+
+
+def _kernels_html(kernels: Any) -> str:
+    entries = list(kernels.items()) if isinstance(kernels, Mapping) else []
+    if isinstance(kernels, (list, tuple)):
+        entries = [(k.get("kernel_id"), k) for k in kernels if isinstance(k, Mapping)]
+    lines = []
+    for kernel_id, usage in entries:
+        if not usage.get("gpu_memory"):
+            continue
+        gpus = ", ".join(str(g) for g in usage.get("gpus") or [])
+        where = f" on GPU {gpus}" if gpus else ""
+        text = f"kernel {kernel_id}: {_bytes(usage['gpu_memory'])}{where}"
+        lines.append(f"<div>{html.escape(text)}</div>")
+    if not lines:
+        return ""
+    return "<div class='tml-kernels'><b>Kernels on GPUs</b>" + "".join(lines) + "</div>"
 
 
 def _orphan_label(orphan: Mapping[str, Any]) -> str:
