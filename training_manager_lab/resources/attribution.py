@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections.abc import Iterable, Mapping
@@ -56,50 +57,75 @@ def current_gpu_processes() -> list[dict]:
 class TreeMeter:
     """Measures process trees; keeps each process's last CPU reading to give a CPU percent.
 
-    The first time a process is seen its percent is its average since it started; after that,
-    it is the share of one core used since the previous call (so 200 means two busy cores).
+    One call scans the process table once, whatever the number of trees, and reuses the
+    psutil objects of processes it has seen before. The first time a process is seen its
+    percent is its average since it started; after that, it is the share of one core used
+    since the previous call (so 200 means two busy cores).
     """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._procs: dict[int, psutil.Process] = {}
+        self._procs: dict[tuple[int, float], psutil.Process] = {}
         self._last: dict[tuple[int, float], tuple[float, float]] = {}
 
     def usage(self, pid: int, gpu_procs: Iterable[Mapping[str, Any]] | None = None) -> dict:
         """Return the usage of the tree rooted at ``pid`` (see :func:`tree_usage`)."""
-        empty = {"pid": pid, "alive": False, "num_procs": 0, "pids": [], "cpu_percent": 0.0}
-        empty.update({"rss": 0, "gpu_memory": 0, "gpus": []})
-        try:
-            root = self._process(pid)
-            members = [root, *root.children(recursive=True)]
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
-            return empty
+        return self.usage_many({"tree": pid}, gpu_procs)["tree"]
+
+    def usage_many(
+        self, roots: Mapping[str, int], gpu_procs: Iterable[Mapping[str, Any]] | None = None
+    ) -> dict[str, dict]:
+        """Return ``{key: usage}`` for the trees rooted at the pids of ``roots``."""
+        table = _process_table()
+        children: dict[int, list[int]] = {}
+        for pid, (ppid, _) in table.items():
+            children.setdefault(ppid, []).append(pid)
+        gpu_list = list(current_gpu_processes() if gpu_procs is None else gpu_procs)
 
         now = time.monotonic()
-        pids, rss, cpu = [], 0, 0.0
         with self._lock:
-            for proc in members:
-                try:
-                    with proc.oneshot():
-                        rss += proc.memory_info().rss
-                        cpu += self._cpu_percent(proc, now)
-                    pids.append(proc.pid)
-                except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
-                    continue
-            self._forget_dead()
+            found = {
+                key: self._measure(int(pid), table, children, gpu_list, now)
+                for key, pid in roots.items()
+            }
+            alive = {(pid, start) for pid, (_, start) in table.items()}
+            for cache in (self._procs, self._last):
+                for ident in [i for i in cache if i not in alive]:
+                    del cache[ident]
+        return found
 
-        if gpu_procs is None:
-            gpu_procs = current_gpu_processes()
+    def _measure(
+        self,
+        pid: int,
+        table: Mapping[int, tuple[int, float]],
+        children: Mapping[int, list[int]],
+        gpu_list: list[Mapping[str, Any]],
+        now: float,
+    ) -> dict:
+        pids, rss, cpu = [], 0, 0.0
+        todo = [pid] if pid in table else []
+        while todo:
+            member = todo.pop()
+            todo.extend(children.get(member, ()))
+            try:
+                proc = self._process(member, table[member][1])
+                with proc.oneshot():
+                    rss += proc.memory_info().rss
+                    cpu += self._cpu_percent(proc, table[member][1], now)
+            except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+                continue
+            pids.append(member)
+
         in_tree = set(pids)
         gpu_memory, gpus = 0, set()
-        for proc in gpu_procs:
-            if int(proc["pid"]) in in_tree:
-                gpu_memory += proc.get("used_memory") or 0
-                if proc.get("gpu_index") is not None:
-                    gpus.add(proc["gpu_index"])
+        for entry in gpu_list:
+            if int(entry["pid"]) in in_tree:
+                gpu_memory += entry.get("used_memory") or 0
+                if entry.get("gpu_index") is not None:
+                    gpus.add(entry["gpu_index"])
         return {
             "pid": pid,
-            "alive": bool(pids) and pids[0] == pid,
+            "alive": pid in in_tree,
             "num_procs": len(pids),
             "pids": pids,
             "cpu_percent": round(cpu, 1),
@@ -108,34 +134,48 @@ class TreeMeter:
             "gpus": sorted(gpus),
         }
 
-    def _process(self, pid: int) -> psutil.Process:
-        with self._lock:
-            proc = self._procs.get(pid)
-            if proc is not None and proc.is_running():
-                return proc
+    def _process(self, pid: int, start: float) -> psutil.Process:
+        proc = self._procs.get((pid, start))
+        if proc is None:
             proc = psutil.Process(pid)
-            self._procs[pid] = proc
-            return proc
+            self._procs[(pid, start)] = proc
+        return proc
 
-    def _cpu_percent(self, proc: psutil.Process, now: float) -> float:
+    def _cpu_percent(self, proc: psutil.Process, start: float, now: float) -> float:
         times = proc.cpu_times()
         used = times.user + times.system
-        key = (proc.pid, proc.create_time())
-        last = self._last.get(key)
-        self._last[key] = (now, used)
+        last = self._last.get((proc.pid, start))
+        self._last[(proc.pid, start)] = (now, used)
         if last is None:
-            age = max(time.time() - key[1], 1e-3)
+            age = max(time.time() - proc.create_time(), 1e-3)
             return 100.0 * used / age
         elapsed = now - last[0]
         return 100.0 * max(used - last[1], 0.0) / elapsed if elapsed > 0 else 0.0
 
-    def _forget_dead(self) -> None:
-        if len(self._last) < 256:
-            return
-        for key in [k for k in self._last if not psutil.pid_exists(k[0])]:
-            del self._last[key]
-        for pid in [p for p, proc in self._procs.items() if not proc.is_running()]:
-            del self._procs[pid]
+
+def _process_table() -> dict[int, tuple[int, float]]:
+    """Map every pid to ``(parent pid, start time)``, reading ``/proc`` once where it exists."""
+    table: dict[int, tuple[int, float]] = {}
+    try:
+        names = os.listdir("/proc")
+    except OSError:
+        names = []
+    for name in names:
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat", "rb") as stat:
+                data = stat.read()
+        except OSError:
+            continue
+        # The command name may hold spaces and parentheses; the fields follow the last ")".
+        fields = data[data.rfind(b")") + 2 :].split()
+        table[int(name)] = (int(fields[1]), float(fields[19]))
+    if table:
+        return table
+    for proc in psutil.process_iter(["ppid", "create_time"]):
+        table[proc.pid] = (proc.info["ppid"] or 0, proc.info["create_time"] or 0.0)
+    return table
 
 
 _meter = TreeMeter()

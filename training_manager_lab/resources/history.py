@@ -98,10 +98,9 @@ class Sampler:
         trees: dict[str, dict[str, Any]] = {}
         if self._trees is not None:
             procs = gpu_processes(inventory["gpus"], inventory["node"])
-            for key, pid in dict(self._trees()).items():
-                usage = self._meter.usage(pid, procs)
+            trees = self._meter.usage_many(dict(self._trees()), procs)
+            for usage in trees.values():
                 usage.pop("pids", None)
-                trees[key] = usage
         inventory["trees"] = trees
         with self._lock:
             self._buffer.append(inventory)
