@@ -112,7 +112,7 @@ ReturnToService=2
 SchedulerType=sched/backfill
 SchedulerParameters=sched_interval=2
 MinJobAge=600
-KillWait=5
+KillWait=30
 InactiveLimit=0
 Waittime=0
 SlurmctldTimeout=30
