@@ -192,12 +192,15 @@ def gpu_key(gpu: Mapping[str, Any]) -> str:
     return str(gpu.get("uuid") or gpu["index"])
 
 
-def sample_cost(samples: int = 20, reader: InventoryReader | None = None) -> dict[str, float]:
+def sample_cost(
+    samples: int = 20, reader: InventoryReader | None = None, trees: TreeSource | None = None
+) -> dict[str, float]:
     """Measure what one sample costs, in CPU seconds of the sampling thread.
 
     Args:
         samples: How many samples to take back to back (after one warm-up sample).
         reader: The inventory reader to measure; ``None`` makes one for this node.
+        trees: Process trees to measure in every sample, as for :class:`Sampler`.
 
     Returns:
         ``{"samples": n, "cpu_seconds_per_sample": ..., "wall_seconds_per_sample": ...,
@@ -206,7 +209,7 @@ def sample_cost(samples: int = 20, reader: InventoryReader | None = None) -> dic
     """
     if samples < 1:
         raise ValueError(f"sample_cost needs samples >= 1; got {samples}")
-    sampler = Sampler(reader=reader)
+    sampler = Sampler(reader=reader, trees=trees)
     sampler.sample()
     cpu, wall = time.thread_time(), time.perf_counter()
     for _ in range(samples):
