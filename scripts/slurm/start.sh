@@ -111,8 +111,10 @@ SwitchType=switch/none
 ReturnToService=2
 SchedulerType=sched/backfill
 SchedulerParameters=sched_interval=2
+# Finished jobs stay visible to squeue this long (there is no accounting database).
 MinJobAge=600
-KillWait=30
+# Time between SIGTERM and SIGKILL: a job's supervisor records a cancel in that window.
+KillWait=15
 InactiveLimit=0
 Waittime=0
 SlurmctldTimeout=30
