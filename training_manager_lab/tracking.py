@@ -17,7 +17,7 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -615,7 +615,8 @@ class Tracker:
 
         Args:
             run_id: the run.
-            lineage: JSON-serialisable dict; the keys read here are ``job_id``, ``code``
+            lineage: JSON-serialisable dict; the keys read here are ``job_id`` (or ``job``
+                with an ``id``), ``code``
                 (``sha256``, ``git``: ``commit``, ``dirty``) and ``checkpoint``. See
                 :func:`describe_code` for the ``code`` part.
         """
@@ -625,8 +626,9 @@ class Tracker:
         tags = {}
         code = lineage.get("code") or {}
         git = code.get("git") or {}
-        if lineage.get("job_id"):
-            tags[JOB_ID_TAG] = str(lineage["job_id"])
+        job_id = _lineage_job_id(lineage)
+        if job_id:
+            tags[JOB_ID_TAG] = job_id
         if code.get("sha256"):
             tags[CODE_HASH_TAG] = str(code["sha256"])
         if git.get("commit"):
@@ -817,9 +819,16 @@ class Tracker:
             ModelNotFound: no model has this name.
         """
         validate_model_name(name)
-        self._registered_model(name)
+        model = self._registered_model(name)
         found = self.client.search_model_versions(f"name = '{name}'")
-        return sorted((_version_dict(v) for v in found), key=lambda v: int(v["version"]))
+        versions = sorted((_version_dict(v) for v in found), key=lambda v: int(v["version"]))
+        # A version search does not fill in aliases on every store; the model knows them all.
+        by_version: dict[str, list[str]] = {}
+        for alias, number in (getattr(model, "aliases", None) or {}).items():
+            by_version.setdefault(str(number), []).append(alias)
+        for version in versions:
+            version["aliases"] = sorted(by_version.get(version["version"], []))
+        return versions
 
     def _registered_model(self, name: str) -> Any:
         try:
@@ -976,10 +985,10 @@ class Tracker:
         for key, value in recorded.items():
             if key != "model":
                 out[key] = value
-        out["job_id"] = mv["job_id"] or recorded.get("job_id")
+        out["job_id"] = mv["job_id"] or _lineage_job_id(recorded)
         return out
 
-    def compare(self, name: str, versions: list[int | str]) -> pandas.DataFrame:
+    def compare(self, name: str, versions: Sequence[int | str]) -> pandas.DataFrame:
         """Put the last value of every metric of several versions side by side.
 
         Returns:
@@ -995,6 +1004,12 @@ class Tracker:
         frame = pandas.DataFrame(columns)
         frame.index.name = "metric"
         return frame.sort_index()
+
+
+def _lineage_job_id(lineage: dict[str, Any]) -> str | None:
+    job = lineage.get("job")
+    job_id = lineage.get("job_id") or (job.get("id") if isinstance(job, dict) else None)
+    return str(job_id) if job_id else None
 
 
 def _quote(text: str) -> str:
