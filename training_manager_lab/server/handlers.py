@@ -7,6 +7,7 @@ import base64
 import binascii
 import functools
 import json
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,10 @@ PREFIX = "/training-manager/api"
 _JOB_ID = r"(?P<job_id>[^/]+)"
 _NAME = r"(?P<name>[^/]+)"
 MAX_WAIT = 30.0
+#: Seconds one inventory snapshot answers GET resources. The inventory carries a timestamp
+#: and live gauges, so without this no two answers are equal and an ETag never matches;
+#: it also bounds the cost of many tabs polling at once.
+RESOURCES_TTL = 1.0
 OPENAPI_FILE = Path(__file__).with_name("openapi.json")
 
 
@@ -59,7 +64,9 @@ def _domain_errors(
             self.fail(502, "backend error", str(exc))
         except Exception:
             self.log.exception("training-manager: unexpected error in %s", self.request.path)
-            self.fail(500, "internal error", "the server could not complete the request; see its log")
+            self.fail(
+                500, "internal error", "the server could not complete the request; see its log"
+            )
 
     return wrapper
 
@@ -156,9 +163,7 @@ class JobsHandler(BaseHandler):
             raise JobSpecError("cwd must be a folder path")
         folder = (root / cwd).resolve()
         if not folder.is_relative_to(root):
-            raise JobSpecError(
-                f"the job's folder {cwd!r} lies outside the server's root directory"
-            )
+            raise JobSpecError(f"the job's folder {cwd!r} lies outside the server's root directory")
         spec["cwd"] = str(folder)
         entry = spec.get("entry")
         if isinstance(entry, dict) and entry.get("kind") == "file":
@@ -308,9 +313,13 @@ class ResourcesHandler(BaseHandler):
     @authorized
     @_domain_errors
     async def get(self) -> None:
-        resources = await self.run(self.manager.resources)
-        resources["kernels"] = self.kernels()
-        self.reply(resources)
+        snapshot = self.settings.setdefault("tml_resources", {"at": None, "body": None})
+        now = time.monotonic()
+        if snapshot["at"] is None or now - snapshot["at"] >= RESOURCES_TTL:
+            resources = await self.run(self.manager.resources)
+            resources["kernels"] = self.kernels()
+            snapshot.update(at=time.monotonic(), body=resources)
+        self.reply(snapshot["body"])
 
 
 class ConfigHandler(BaseHandler):
@@ -400,9 +409,7 @@ class OrphanHandler(BaseHandler):
         kernels = {k["pid"] for k in self.kernels() if k["pid"]}
         owned = await self.run(self.manager._owned_pids) | kernels
         orphans = find_orphans(await self.run(current_gpu_processes), owned)
-        outcome = await self.run(
-            end_process, int(pid), allowed={int(o["pid"]) for o in orphans}
-        )
+        outcome = await self.run(end_process, int(pid), allowed={int(o["pid"]) for o in orphans})
         self.reply({"pid": int(pid), "outcome": outcome})
 
 
