@@ -13,7 +13,7 @@ from typing import Any
 import psutil
 import pytest
 
-from training_manager_lab.backends.slurm import SlurmBackend, outcome
+from training_manager_lab.backends.slurm import SlurmBackend, ending_outcome, outcome
 from training_manager_lab.errors import JobSpecError, ResourceUnavailable
 from training_manager_lab.resources.slurm_nodes import (
     SlurmCli,
@@ -176,6 +176,33 @@ def test_a_job_cancelled_while_pending_says_so() -> None:
         "cancelled",
         "cancelled in SLURM before the job started",
     )
+
+
+@pytest.mark.parametrize(
+    ("job", "expected"),
+    [
+        (
+            {"job_state": "COMPLETING", "state_reason": "None"},
+            ("cancelled", "cancelled by the user"),
+        ),
+        (
+            {"job_state": "COMPLETING", "state_reason": "TimeLimit"},
+            ("failed", "SLURM stopped the job at its time limit (TimeLimit)"),
+        ),
+        (
+            {"job_state": ["NODE_FAIL", "COMPLETING"], "state_reason": "NodeDown"},
+            ("failed", "a node of the job's allocation failed (NODE_FAIL, reason NodeDown)"),
+        ),
+        (
+            {"job_state": "PREEMPTED", "state_reason": "None"},
+            ("failed", "SLURM preempted the job (PREEMPTED, reason None)"),
+        ),
+    ],
+)
+def test_the_reason_for_a_sigterm_tells_a_time_limit_from_a_cancel(
+    job: dict, expected: tuple
+) -> None:
+    assert ending_outcome(job) == expected
 
 
 def test_state_and_exit_code_read_both_json_generations() -> None:
@@ -356,6 +383,39 @@ def test_a_submission_from_inside_an_allocation_gets_its_own_world(
     tasks = sorted((job_dir / f"task-{i}.txt").read_text().strip() for i in range(2))
     assert tasks == ["0/2", "1/2"]
     assert "#SBATCH --ntasks-per-node=2" in (job_dir / "submit.sh").read_text()
+
+
+@pytest.mark.slurm
+def test_a_batch_step_told_to_stop_learns_it_was_cancelled(
+    cli: SlurmCli, tmp_path: Path, submitted: list[str]
+) -> None:
+    import sys
+
+    probe = tmp_path / "probe.py"
+    probe.write_text(
+        "import signal, sys, time\n"
+        "from training_manager_lab.backends.slurm import ending_reason\n"
+        "def stop(signum, frame):\n"
+        "    open(sys.argv[1], 'w').write(repr(ending_reason()))\n"
+        "    sys.exit(0)\n"
+        "signal.signal(signal.SIGTERM, stop)\n"
+        "open(sys.argv[1] + '.ready', 'w').close()\n"
+        "time.sleep(300)\n"
+    )
+    answer = tmp_path / "answer.txt"
+    root = Path(__file__).resolve().parent.parent
+    job_id = _wrap(
+        cli,
+        submitted,
+        f"PYTHONPATH={root} exec {sys.executable} {probe} {answer}",
+        f"--chdir={tmp_path}",
+    )
+    _wait_for(lambda: Path(f"{answer}.ready").exists(), "the probe to start")
+
+    cli.run("scancel", [job_id])
+
+    _wait_for(answer.exists, "the probe's answer", timeout=60)
+    assert answer.read_text() == repr(("cancelled", "cancelled by the user"))
 
 
 @pytest.mark.slurm

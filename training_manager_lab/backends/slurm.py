@@ -456,6 +456,46 @@ def outcome(job: Mapping[str, Any], *, was_running: bool = True) -> tuple[str, s
     return status, reason
 
 
+def ending_reason(
+    slurm_id: str | None = None, cli: SlurmCli | None = None
+) -> tuple[str, str] | None:
+    """Inside a batch job that got SIGTERM: why SLURM is ending it, as ``(status, reason)``.
+
+    SLURM sends the same SIGTERM for ``scancel``, a time limit, a node failure and a
+    preemption; the supervisor calls this to record the right one. ``None`` when SLURM
+    cannot be asked.
+
+    Args:
+        slurm_id: The job's id; default: ``SLURM_JOB_ID`` of this process.
+        cli: The command runner; default: one on this process's environment.
+    """
+    slurm_id = slurm_id or os.environ.get("SLURM_JOB_ID")
+    if not slurm_id:
+        return None
+    cli = cli or SlurmCli(env={**os.environ}, cache_seconds=0.0)
+    try:
+        job = cli.jobs(max_age=0.0).get(str(slurm_id))
+    except (BackendError, SlurmUnavailable) as exc:
+        log.warning("cannot ask SLURM why job %s ends: %s", slurm_id, exc)
+        return None
+    return None if job is None else ending_outcome(job)
+
+
+def ending_outcome(job: Mapping[str, Any]) -> tuple[str, str]:
+    """``(status, reason)`` of a job that SLURM is ending now (state and reason of squeue)."""
+    state, _ = job_state(job)
+    reason = str(job.get("state_reason") or "None")
+    if reason == "TimeLimit" or state == "TIMEOUT":
+        return "failed", "SLURM stopped the job at its time limit (TimeLimit)"
+    if state == "NODE_FAIL" or reason in ("NodeDown", "NodeFail", "NodeNotResponding"):
+        return "failed", f"a node of the job's allocation failed ({state}, reason {reason})"
+    if state == "PREEMPTED" or reason.startswith("Preempt"):
+        return "failed", f"SLURM preempted the job ({state}, reason {reason})"
+    if state in ("OUT_OF_MEMORY",) or reason == "OutOfMemory":
+        return "failed", "the job ran out of memory (OUT_OF_MEMORY)"
+    return "cancelled", "cancelled by the user"
+
+
 def check_options(options: Mapping[str, Any]) -> None:
     """Refuse unknown ``cluster_options`` and values that SLURM or a script could misread."""
     unknown = sorted(set(options) - set(ACCEPTED_OPTIONS))
