@@ -95,7 +95,7 @@ export function extentOf(seriesList: IPoint[][]): IExtent | null {
 
 /**
  * The SVG path data of a series scaled into a box; a non-finite value breaks
- * the line instead of dropping to zero.
+ * the line instead of dropping to zero, and a lone point becomes a dot.
  */
 export function linePath(
   points: IPoint[],
@@ -122,7 +122,15 @@ export function linePath(
     parts.push(`${penDown ? 'L' : 'M'}${round2(x)},${round2(y)}`);
     penDown = true;
   }
-  return parts.join(' ');
+  // A point without a neighbour gets a zero-length segment, which a round
+  // line cap draws as a dot.
+  return parts
+    .map((part, index) =>
+      part.startsWith('M') && !(parts[index + 1] ?? '').startsWith('L')
+        ? `${part} l0,0`
+        : part
+    )
+    .join(' ');
 }
 
 /**

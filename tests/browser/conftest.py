@@ -83,12 +83,9 @@ class LabServer:
         return json.loads(text) if text else None
 
     def stop(self) -> None:
-        """Stop the server (SIGINT twice is Jupyter's clean shutdown), then its log."""
+        """Stop the server (SIGTERM is Jupyter's clean shutdown), then close its log."""
         if self.process.poll() is None:
-            self.process.send_signal(signal.SIGINT)
-            time.sleep(0.3)
-            if self.process.poll() is None:
-                self.process.send_signal(signal.SIGINT)
+            self.process.send_signal(signal.SIGTERM)
             try:
                 self.process.wait(timeout=20)
             except subprocess.TimeoutExpired:
@@ -144,6 +141,8 @@ def start_lab(
     env["TML_STATE_DIR"] = str(state)
     env["JUPYTER_RUNTIME_DIR"] = str(tmp / "runtime")
     env.pop("MLFLOW_TRACKING_URI", None)
+    # The server, the job supervisors and their ranks import this checkout's package.
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), *filter(None, [env.get("PYTHONPATH")])])
     data_dir = _extension_path_dir(tmp)
     if data_dir is not None:
         env["JUPYTER_PATH"] = os.pathsep.join(
@@ -166,12 +165,14 @@ def start_lab(
         f"--LabApp.workspaces_dir={tmp / 'workspaces'}",
         "--LabServerApp.open_browser=False",
     ]
-    if not server_extension:
-        config = tmp / "no_training_manager.json"
-        config.write_text(
-            json.dumps({"ServerApp": {"jpserver_extensions": {"training_manager_lab": False}}})
+    # Explicit either way, so the tests do not depend on how the package was installed.
+    config = tmp / "jupyter_server_config.json"
+    config.write_text(
+        json.dumps(
+            {"ServerApp": {"jpserver_extensions": {"training_manager_lab": server_extension}}}
         )
-        args.append(f"--config={config}")
+    )
+    args.append(f"--config={config}")
     args.extend(extra_args or [])
 
     log_path = tmp / "jupyter.log"

@@ -62,7 +62,7 @@ describe('extentOf and linePath', () => {
     expect(extentOf([[{ step: 1, value: null }]])).toBeNull();
   });
 
-  it('maps the first step left, the largest value to the top and breaks at gaps', () => {
+  it('maps the first step left, the largest value to the top, breaks at gaps and dots lone points', () => {
     const points = [
       { step: 0, value: 4 },
       { step: 5, value: null },
@@ -70,7 +70,7 @@ describe('extentOf and linePath', () => {
     ];
     const extent = extentOf([points])!;
 
-    expect(linePath(points, extent, box)).toBe('M0,0 M100,50');
+    expect(linePath(points, extent, box)).toBe('M0,0 l0,0 M100,50 l0,0');
   });
 
   it('draws a flat series along the bottom without dividing by zero', () => {

@@ -1,0 +1,47 @@
+"""The Training panel works when JupyterLab runs under a JupyterHub-style base URL."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from .conftest import open_panel, screenshot, start_lab
+
+pytestmark = pytest.mark.browser
+
+BASE_URL = "/user/tester/"
+
+
+def test_panel_under_a_non_root_base_url(page: Any, tmp_path: Any) -> None:
+    server = start_lab(tmp_path, base_url=BASE_URL)
+    api_requests: list[str] = []
+    page.on(
+        "request",
+        lambda request: (
+            api_requests.append(request.url) if "training-manager/api/" in request.url else None
+        ),
+    )
+    try:
+        panel = open_panel(page, server)
+        panel.locator(".tml-Node").first.wait_for(timeout=30_000)
+        # A new MLflow store takes a few seconds to create on the first request.
+        panel.locator(".tml-ModelsSection .tml-Empty", has_text="No registered model").wait_for(
+            timeout=60_000
+        )
+        jobs_title = panel.locator(".tml-JobsSection .tml-SectionTitle").inner_text()
+        models_title = panel.locator(".tml-ModelsSection .tml-SectionTitle").inner_text()
+        alerts = panel.locator(".tml-Banner[role=alert]").count()
+        screenshot(page, "base-url")
+    finally:
+        server.stop()
+
+    prefix = f"{server.url}training-manager/api/"
+    assert server.url.endswith(BASE_URL)
+    assert alerts == 0
+    assert jobs_title == "Jobs (0)"
+    assert models_title == "Models (0)"
+    assert {"jobs", "resources", "models"} <= {
+        url[len(prefix) :].split("?")[0] for url in api_requests if url.startswith(prefix)
+    }
+    assert all(url.startswith(prefix) for url in api_requests), api_requests
