@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import inspect
 import pickle
 from typing import Any
@@ -40,7 +41,7 @@ def check_entry(obj: Any, what: str, base_dir: str | None = None) -> Any:
         return resolved
     if isinstance(resolved, expected):
         return resolved
-    if callable(resolved) and not isinstance(resolved, type):
+    if inspect.isroutine(resolved) or isinstance(resolved, functools.partial):
         _check_factory(resolved, what, label, expected)
         return resolved
     raise JobSpecError(
@@ -61,7 +62,12 @@ def _check_factory(factory: Any, what: str, label: str, expected: type) -> None:
             f"{what} factory {getattr(factory, '__qualname__', factory)!r} must take no "
             f"arguments, but it requires {required}; wrap it, e.g. lambda: factory(...)"
         )
-    built = factory()
+    try:
+        built = factory()
+    except Exception as exc:
+        raise JobSpecError(
+            f"{what} factory {getattr(factory, '__qualname__', factory)!r} raised {exc!r}"
+        ) from exc
     if not isinstance(built, expected):
         raise JobSpecError(
             f"{what} factory {getattr(factory, '__qualname__', factory)!r} returned "

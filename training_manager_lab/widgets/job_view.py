@@ -117,7 +117,7 @@ class JobView(ipywidgets.VBox):
         source: JobSource,
         *,
         max_points: int = 2000,
-        refresh_interval: float = 0.25,
+        refresh_interval: float = 0.15,
         follow: bool = True,
         replay_budget: float = 2.0,
     ) -> None:

@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Set up everything the tests need and run them: the virtual environment, Chromium for the
+# browser tests and a one-node SLURM cluster on 127.0.0.1 (both need root and apt-get).
+#   scripts/test.sh [pytest arguments]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/setup.sh test
+
+if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then
+  if ! command -v chromium >/dev/null 2>&1; then
+    apt-get update -qq && apt-get install -y -qq --no-install-recommends chromium >/dev/null
+  fi
+  scripts/slurm/install.sh
+  slurm_state="$(mktemp -d /tmp/tml-slurm.XXXXXX)"
+  scripts/slurm/start.sh "$slurm_state"
+  export SLURM_CONF="$slurm_state/slurm.conf"
+  trap 'scripts/slurm/stop.sh "$slurm_state"' EXIT
+fi
+
+.venv/bin/python -m pytest "$@"
