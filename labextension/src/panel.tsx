@@ -68,6 +68,12 @@ interface IPanelViewProps {
 function PanelView(props: IPanelViewProps): JSX.Element {
   const { model, commands } = props;
   const [, setVersion] = useState(0);
+  useEffect(() => markOnce(MARK_FIRST_RENDER), []);
+  useEffect(() => {
+    if (model.jobs.value !== null) {
+      markOnce(MARK_FIRST_DATA);
+    }
+  });
   useEffect(() => {
     const onChange = (): void => setVersion(version => version + 1);
     model.changed.connect(onChange);
@@ -99,6 +105,22 @@ function PanelView(props: IPanelViewProps): JSX.Element {
       )}
     </div>
   );
+}
+
+/**
+ * Performance marks for benchmarks/bench_sidebar.py: the panel's first render,
+ * and its first render with the job list loaded.
+ */
+const MARK_FIRST_RENDER = 'training-manager-lab:first-render';
+const MARK_FIRST_DATA = 'training-manager-lab:first-data';
+
+function markOnce(name: string): void {
+  if (
+    typeof performance !== 'undefined' &&
+    performance.getEntriesByName(name).length === 0
+  ) {
+    performance.mark(name);
+  }
 }
 
 /**
