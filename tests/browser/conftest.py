@@ -102,7 +102,8 @@ def _extension_path_dir(tmp: Path) -> Path | None:
     data = tmp / "jupyter-data"
     target = data / "labextensions" / "training-manager-lab"
     target.parent.mkdir(parents=True, exist_ok=True)
-    target.symlink_to(BUILT_EXTENSION, target_is_directory=True)
+    if not target.is_symlink():
+        target.symlink_to(BUILT_EXTENSION, target_is_directory=True)
     return data
 
 
@@ -113,6 +114,8 @@ def start_lab(
     server_extension: bool = True,
     extra_args: list[str] | None = None,
     timeout: float = 90.0,
+    port: int | None = None,
+    token: str | None = None,
 ) -> LabServer:
     """Start JupyterLab on 127.0.0.1 with a token, a temp root dir and TML_STATE_DIR in tmp.
 
@@ -122,9 +125,11 @@ def start_lab(
         server_extension: ``False`` disables the training-manager server extension.
         extra_args: more command line arguments for ``jupyter lab``.
         timeout: seconds to wait for the server to answer.
+        port: the port; a free one when left out (give the old one to restart a server).
+        token: the token; a new random one when left out.
     """
-    token = secrets.token_hex(16)
-    port = _free_port()
+    token = token or secrets.token_hex(16)
+    port = port or _free_port()
     root = tmp / "root"
     state = tmp / "state"
     settings = tmp / "settings"
@@ -176,7 +181,7 @@ def start_lab(
     args.extend(extra_args or [])
 
     log_path = tmp / "jupyter.log"
-    log = log_path.open("w")
+    log = log_path.open("a")
     process = subprocess.Popen(
         args, cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
     )

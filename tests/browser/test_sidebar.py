@@ -233,3 +233,31 @@ def _alive(process: psutil.Process) -> bool:
         return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         return False
+
+
+def test_filter_by_status_and_copy_the_reattach_line_by_keyboard(page: Any, lab: LabServer) -> None:
+    page.context.grant_permissions(["clipboard-read", "clipboard-write"])
+    job_id = launch(lab, "filtered", "endless", devices=1)
+    lab.api("POST", f"jobs/{job_id}/cancel", {})
+    panel = open_panel(page, lab)
+    row = job_row(panel, job_id)
+    row.and_(page.locator('[data-status="cancelled"]')).wait_for(timeout=30_000)
+
+    panel.get_by_label("Show jobs with status").select_option("cancelled")
+    row.wait_for(timeout=30_000)
+    cancelled_statuses = panel.locator(".tml-Job").evaluate_all(
+        "rows => rows.map(row => row.dataset.status)"
+    )
+    panel.get_by_label("Show jobs with status").select_option("succeeded")
+    row.wait_for(state="detached", timeout=30_000)
+    panel.get_by_label("Show jobs with status").select_option("")
+    row.wait_for(timeout=30_000)
+    row.get_by_role(
+        "button", name=f"Copy the line that re-attaches to job filtered ({job_id})"
+    ).focus()
+    page.keyboard.press("Enter")
+    page.locator(".Toastify__toast", has_text="Copied").wait_for(timeout=10_000)
+    clipboard = page.evaluate("navigator.clipboard.readText()")
+
+    assert cancelled_statuses and set(cancelled_statuses) == {"cancelled"}
+    assert clipboard == f'tml.job("{job_id}")'
