@@ -22,6 +22,15 @@ def test_panel_under_a_non_root_base_url(page: Any, tmp_path: Any) -> None:
             api_requests.append(request.url) if "training-manager/api/" in request.url else None
         ),
     )
+    jobs_statuses: list[int] = []
+    page.on(
+        "response",
+        lambda response: (
+            jobs_statuses.append(response.status)
+            if "training-manager/api/jobs?" in response.url
+            else None
+        ),
+    )
     try:
         panel = open_panel(page, server)
         panel.locator(".tml-Node").first.wait_for(timeout=30_000)
@@ -32,6 +41,14 @@ def test_panel_under_a_non_root_base_url(page: Any, tmp_path: Any) -> None:
         jobs_title = panel.locator(".tml-JobsSection .tml-SectionTitle").inner_text()
         models_title = panel.locator(".tml-ModelsSection .tml-SectionTitle").inner_text()
         alerts = panel.locator(".tml-Banner[role=alert]").count()
+        # An unchanged job list is answered 304 Not Modified, not sent again.
+        page.wait_for_event(
+            "response",
+            lambda response: (
+                "training-manager/api/jobs?" in response.url and response.status == 304
+            ),
+            timeout=30_000,
+        )
         screenshot(page, "base-url")
     finally:
         server.stop()
@@ -45,3 +62,4 @@ def test_panel_under_a_non_root_base_url(page: Any, tmp_path: Any) -> None:
         url[len(prefix) :].split("?")[0] for url in api_requests if url.startswith(prefix)
     }
     assert all(url.startswith(prefix) for url in api_requests), api_requests
+    assert jobs_statuses[0] == 200 and 304 in jobs_statuses
