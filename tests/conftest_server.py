@@ -212,6 +212,7 @@ async def raw_fetch(
     """A request for a path used exactly as given (no escaping), under the server's base URL."""
     kwargs.setdefault("raise_error", False)
     kwargs.setdefault("allow_nonstandard_methods", True)
+    kwargs.setdefault("follow_redirects", False)
     if method in ("POST", "PUT") and kwargs.get("body") is None:
         kwargs["body"] = b""
     return await client.fetch(
