@@ -27,7 +27,7 @@ from ..errors import (
     RegistryError,
     TrainingManagerError,
 )
-from ..events import read_events
+from ..events import EVENTS_FILE, read_events
 from ..jobfiles import read_log
 
 AUTH_RESOURCE = "training-manager"
@@ -108,6 +108,10 @@ class BaseHandler(ExtensionHandlerMixin, APIHandler):
             raise JobSpecError(f"{name} must lie between {low} and {high}, got {value}")
         return value
 
+    def job_folder(self, job_id: str) -> Path:
+        """The folder of a known job; refused when it is not a plain folder of the state dir."""
+        return checked_job_folder(self.manager, job_id)
+
     def kernels(self) -> list[dict[str, Any]]:
         """The kernels of this server and their process ids."""
         kernel_manager = self.serverapp.kernel_manager if self.serverapp else None
@@ -124,6 +128,30 @@ class BaseHandler(ExtensionHandlerMixin, APIHandler):
     async def run(self, function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """Run blocking work off the event loop."""
         return await asyncio.to_thread(functools.partial(function, *args, **kwargs))
+
+
+def checked_job_folder(manager: Any, job_id: str) -> Path:
+    """A job's folder, checked so that reading its files cannot leave it.
+
+    The id is validated by the manager. A folder that is a symbolic link, or resolves
+    anywhere but directly under the state directory's ``jobs/``, is refused.
+    """
+    folder = manager.job_dir(job_id)
+    jobs_root = (Path(manager.state_dir) / "jobs").resolve()
+    if folder.is_symlink() or folder.resolve().parent != jobs_root:
+        raise JobSpecError(
+            f"the folder of job {job_id} is not a plain folder of the state directory; "
+            "its files are not served"
+        )
+    return folder
+
+
+def events_path(folder: Path) -> Path:
+    """A job's event stream; a symbolic link planted in its place is refused."""
+    path = folder / EVENTS_FILE
+    if path.is_symlink():
+        raise JobSpecError(f"{EVENTS_FILE} of job {folder.name} is not a regular file")
+    return path
 
 
 class JobsHandler(BaseHandler):
@@ -207,8 +235,8 @@ class LogsHandler(BaseHandler):
     @authorized
     @_domain_errors
     async def get(self, job_id: str) -> None:
-        folder = self.manager.job_dir(job_id)
         await self.run(self.manager.get, job_id)
+        folder = self.job_folder(job_id)
         rank = self.int_argument("rank", 0, 0, 99_999)
         tail = self.int_argument("tail", None, 0, 100_000)
         offset = self.int_argument("offset", None, 0, 2**62)
@@ -220,15 +248,14 @@ class EventsHandler(BaseHandler):
     @authorized
     @_domain_errors
     async def get(self, job_id: str) -> None:
-        folder = self.manager.job_dir(job_id)
         await self.run(self.manager.get, job_id)
+        path = events_path(self.job_folder(job_id))
         cursor = self.int_argument("cursor", 0, 0, 2**62)
         raw_wait = self.get_argument("wait", "0")
         try:
             wait = min(max(float(raw_wait), 0.0), MAX_WAIT)
         except ValueError:
             raise JobSpecError(f"wait must be a number of seconds, got {raw_wait!r}") from None
-        path = folder / "events.jsonl"
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait
         while True:
@@ -268,7 +295,10 @@ class StreamHandler(ExtensionHandlerMixin, JupyterHandler, websocket.WebSocketHa
             raise web.HTTPError(400, "cursor must be a whole number") from None
         if self._cursor < 0:
             raise web.HTTPError(400, "cursor must be 0 or more")
-        self._path = manager.job_dir(job_id) / "events.jsonl"
+        try:
+            self._path = events_path(checked_job_folder(manager, job_id))
+        except JobSpecError as exc:
+            raise web.HTTPError(400, str(exc)) from None
         self._job_id = job_id
         result = super().get(*args, **kwargs)
         if result is not None:
@@ -336,12 +366,8 @@ class ConfigHandler(BaseHandler):
         )
 
 
-class ModelsHandler(BaseHandler):
-    @web.authenticated
-    @authorized
-    @_domain_errors
-    async def get(self) -> None:
-        self.reply({"models": await self.run(self._tracker().list_models)})
+class RegistryHandler(BaseHandler):
+    """Common ground of the model registry routes."""
 
     def _tracker(self) -> Any:
         from ..tracking import Tracker
@@ -349,7 +375,15 @@ class ModelsHandler(BaseHandler):
         return Tracker(self.manager.tracking_uri)
 
 
-class ModelHandler(ModelsHandler):
+class ModelsHandler(RegistryHandler):
+    @web.authenticated
+    @authorized
+    @_domain_errors
+    async def get(self) -> None:
+        self.reply({"models": await self.run(self._tracker().list_models)})
+
+
+class ModelHandler(RegistryHandler):
     @web.authenticated
     @authorized
     @_domain_errors
@@ -359,7 +393,7 @@ class ModelHandler(ModelsHandler):
         self.reply({"name": name, "versions": versions})
 
 
-class AliasHandler(ModelsHandler):
+class AliasHandler(RegistryHandler):
     @web.authenticated
     @authorized
     @_domain_errors
@@ -379,7 +413,7 @@ class AliasHandler(ModelsHandler):
         self.finish()
 
 
-class TagHandler(ModelsHandler):
+class TagHandler(RegistryHandler):
     @web.authenticated
     @authorized
     @_domain_errors
