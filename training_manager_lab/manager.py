@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 #: moved it to "running"; other managers leave it alone for this long.
 STARTING_GRACE = 60.0
 LOST_REASON = "lost while the server was down"
+LOCAL_BACKEND_ENV = "TML_LOCAL_BACKEND"
 
 
 class JobManager:
@@ -66,11 +67,15 @@ class JobManager:
         self.max_queued = max_queued
         self.gpu_busy_threshold = gpu_busy_threshold
         self._fixed_capacity = capacity
-        self.backends: dict[str, Any] = {"local": LocalBackend()}
+        self.backends: dict[str, Any] = {"local": _local_backend()}
         self.backends.update(backends or {})
         self._thread: threading.Thread | None = None
         self._stopping = threading.Event()
         self._tick_lock = threading.Lock()
+        # Set once the MLflow store exists; start() prepares it before any job starts, so
+        # that several supervisors never run the store's schema migrations at once.
+        self._tracking_ready = threading.Event()
+        self._tracking_ready.set()
 
     # -- public operations ----------------------------------------------------------------
 
@@ -237,8 +242,14 @@ class JobManager:
                     }
                 )
         capacity = self.capacity()
+        nodes = [inventory]
+        cluster = self._cluster_resources()
+        if cluster is not None:
+            nodes.extend(cluster.get("nodes", []))
+            queue.extend(cluster.get("queue", []))
         return {
-            "nodes": [inventory],
+            "nodes": nodes,
+            "cluster": cluster,
             "holders": holders,
             "queue": queue,
             "allocations": allocations,
@@ -252,6 +263,16 @@ class JobManager:
             },
         }
 
+    def _cluster_resources(self) -> dict[str, Any] | None:
+        """The SLURM cluster's nodes and queue, when this manager submits to one."""
+        if "slurm" not in self.backends and not os.environ.get("SLURM_CONF"):
+            return None
+        try:
+            return dict(self._backend("slurm").resources())
+        except Exception as exc:
+            log.debug("no SLURM resources: %s", exc)
+            return {"nodes": [], "queue": [], "error": str(exc)}
+
     def _owned_pids(self) -> set[int]:
         from .backends.local import job_processes
 
@@ -264,6 +285,8 @@ class JobManager:
 
     def tick(self) -> list[str]:
         """Start the queued local jobs that fit now; return their ids."""
+        if not self._tracking_ready.is_set():
+            return []
         with self._tick_lock:
             capacity = self.capacity()
             started: list[tuple[dict[str, Any], dict[str, Any]]] = []
@@ -356,6 +379,8 @@ class JobManager:
                     continue
             outcome = backend.poll(record)
             if outcome is None:
+                if record["status"] == "queued" and record["backend"] != "local":
+                    self._copy_cluster_reason(backend, record)
                 continue
             status, why = outcome
             fresh = self.store.get(record["id"])
@@ -365,6 +390,15 @@ class JobManager:
             error = fresh.get("error") or {"rank": None, "message": why, "traceback": None}
             if self.store.transition(record["id"], status, why, error=error):
                 log.warning("job %s: %s (%s)", record["id"], status, why)
+
+    def _copy_cluster_reason(self, backend: Any, record: dict[str, Any]) -> None:
+        try:
+            reason = backend.describe(record).get("reason")
+        except Exception as exc:
+            log.debug("job %s: no cluster details: %s", record["id"], exc)
+            return
+        if reason and reason != record.get("reason"):
+            self.store.update(record["id"], reason=f"SLURM: {reason}")
 
     def adopt(self) -> None:
         """At start-up: keep following live jobs; record those that died meanwhile as lost."""
@@ -378,10 +412,23 @@ class JobManager:
         if self._thread is not None:
             return
         self._stopping.clear()
+        self._tracking_ready.clear()
+        threading.Thread(target=self._prepare_tracking, name="tml-tracking", daemon=True).start()
         self._thread = threading.Thread(
             target=self._loop, args=(interval,), name="tml-manager", daemon=True
         )
         self._thread.start()
+
+    def _prepare_tracking(self) -> None:
+        from .tracking import Tracker
+
+        try:
+            Tracker(self.tracking_uri).ensure_store()
+        except Exception:
+            log.exception("the MLflow store at %s is not usable; jobs will fail", self.tracking_uri)
+        finally:
+            self._tracking_ready.set()
+        self.tick()
 
     def stop(self) -> None:
         self._stopping.set()
@@ -419,3 +466,17 @@ def _checked_id(job_id: Any) -> str:
 
         raise JobNotFound(str(job_id)[:64])
     return job_id
+
+
+def _local_backend() -> Any:
+    """The backend of local jobs: ``TML_LOCAL_BACKEND`` ("module:Class") or processes here.
+
+    The variable reaches every process that runs a scheduling pass (the server, scripts,
+    finishing supervisors), so they all start local jobs the same way.
+    """
+    reference = os.environ.get(LOCAL_BACKEND_ENV)
+    if not reference:
+        return LocalBackend()
+    from .spec import resolve_reference
+
+    return resolve_reference(reference)()

@@ -156,7 +156,7 @@ class Supervisor:
         while True:
             self._bridge()
             if self.stop_requested:
-                return "cancelled", "cancelled by the user", None
+                return self._why_stopped()
             codes = [rank.poll() for rank in self.ranks]
             failed = [i for i, code in enumerate(codes) if code not in (None, 0)]
             if failed:
@@ -166,6 +166,18 @@ class Supervisor:
                     return "failed", "rank 0 finished without logging the model", None
                 return "succeeded", None, None
             time.sleep(POLL_INTERVAL)
+
+    def _why_stopped(self) -> tuple[str, str | None, dict[str, Any] | None]:
+        # SLURM sends the same SIGTERM for scancel, a time limit, a node failure and a
+        # preemption; ask it which one this is.
+        if self.launcher == "srun":
+            from ..backends.slurm import ending_reason
+
+            known = ending_reason()
+            if known is not None and known[0] != "cancelled":
+                status, reason = known
+                return status, reason, {"rank": None, "message": reason, "traceback": None}
+        return "cancelled", "cancelled by the user", None
 
     def _first_error(self, failed: list[int]) -> dict[str, Any]:
         errors = []
@@ -197,9 +209,13 @@ class Supervisor:
             children = me.children(recursive=True)
         except psutil.Error:
             children = []
+        # Local ranks hold nothing that needs a clean exit (the supervisor records the
+        # outcome), and Lightning's SIGTERM handler talks to the other ranks, which can hang
+        # a rank whose peers are already gone: kill them at once. srun needs SIGTERM to pass
+        # the signal on to its tasks.
         for child in children:
             try:
-                child.terminate()
+                child.kill() if self.launcher == "local" else child.terminate()
             except psutil.Error:
                 pass
         _, alive = psutil.wait_procs(children, timeout=GRACE_PERIOD)

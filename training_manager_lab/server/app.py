@@ -45,6 +45,12 @@ class TrainingManagerApp(ExtensionApp):
         help="Extra execution backends, name -> 'package.module:Class' (e.g. "
         "{'slurm': 'training_manager_lab.backends.slurm:SlurmBackend'}).",
     )
+    local_backend_class = Unicode(
+        "",
+        config=True,
+        help="Backend of local jobs as 'package.module:Class'; default: a supervisor process "
+        "per job on this machine. Exported to job processes as TML_LOCAL_BACKEND.",
+    )
     backend_options = Dict(
         {}, config=True, help="Keyword arguments for each backend class, by backend name."
     )
@@ -56,6 +62,8 @@ class TrainingManagerApp(ExtensionApp):
         state_dir = self.state_dir or os.environ.get("TML_STATE_DIR") or str(
             Path(self.serverapp.root_dir) / ".training-manager"
         )
+        if self.local_backend_class:
+            os.environ["TML_LOCAL_BACKEND"] = self.local_backend_class
         backends: dict[str, Any] = {}
         for name, reference in self.backend_classes.items():
             backend_class = resolve_reference(reference)
