@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import functools
+import inspect
 import json
+import re
 import time
 from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
@@ -235,3 +237,44 @@ async def read_stream(ws: Any, timeout: float = 120.0) -> list[dict[str, Any]]:
 @pytest.fixture(scope="session")
 def job_cache() -> JobCache:
     return JobCache()
+
+
+#: Values for the path parameters of every route.
+SAMPLES = {
+    "job_id": "0123456789ab",
+    "name": "digits",
+    "alias": "champion",
+    "version": "1",
+    "key": "stage",
+    "pid": "999999999",
+}
+
+
+def route_methods() -> list[tuple[str, str, type]]:
+    """Every (path pattern, method, handler) the extension registers, from its own table."""
+    from training_manager_lab.server.handlers import handlers
+
+    found = []
+    for pattern, handler in handlers():
+        for method in handler.SUPPORTED_METHODS:
+            if own_method(handler, method):
+                found.append((pattern, method, handler))
+    return found
+
+
+def own_method(handler: type, method: str) -> Any:
+    """The handler's method for an HTTP verb when this package defines it, else None.
+
+    Jupyter's base classes answer CORS preflight (OPTIONS) without credentials, by design;
+    every verb the extension itself implements is checked.
+    """
+    function = getattr(handler, method.lower(), None)
+    module = getattr(inspect.unwrap(function), "__module__", "") if function else ""
+    return function if module.startswith("training_manager_lab") else None
+
+
+def fill(pattern: str, **values: str) -> str:
+    """A concrete path for a route pattern, with sample values for its parameters."""
+    path = re.sub(r"\(\?P<(\w+)>[^)]*\)", lambda m: values.get(m[1], SAMPLES[m[1]]), pattern)
+    assert re.fullmatch(pattern, path), (pattern, path)
+    return path

@@ -338,7 +338,7 @@ async def test_resources_and_config(jp_fetch: Any, server_state_dir: Path) -> No
     assert set(resources) >= {"nodes", "holders", "queue", "allocations", "capacity", "kernels"}
     assert resources["capacity"]["cpu_slots"] == 2
     assert resources["nodes"][0]["cpu"]["count"] >= 1
-    assert isinstance(resources["kernels"], list)
+    assert isinstance(resources["kernels"], dict)
     assert config["mode"] == "server"
     assert Path(config["state_dir"]) == server_state_dir.resolve()
     assert config["tracking_uri"].startswith("sqlite:///")

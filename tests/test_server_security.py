@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import inspect
 import os
-import re
 import subprocess
 import sys
 import uuid
@@ -23,55 +22,26 @@ from tornado import websocket
 from tornado.httpclient import HTTPClientError, HTTPRequest
 
 from tests.conftest_server import *  # noqa: F403
-from tests.conftest_server import SHORT_SPEC, aiotest, call, raw_fetch
+from tests.conftest_server import (
+    SHORT_SPEC,
+    aiotest,
+    call,
+    fill,
+    own_method,
+    raw_fetch,
+    route_methods,
+)
 from training_manager_lab.server.handlers import PREFIX, handlers
 from training_manager_lab.store import JobStore
 
 SECRET = "tml-secret-" + uuid.uuid4().hex
 PASSWD_MARK = "root:x:0:0"
-#: Values for the path parameters of every route.
-SAMPLES = {
-    "job_id": "0123456789ab",
-    "name": "digits",
-    "alias": "champion",
-    "version": "1",
-    "key": "stage",
-    "pid": "999999999",
-}
 MUTATING = ("POST", "PUT", "DELETE", "PATCH")
 
 
 @pytest.fixture
 def jp_server_config(tml_server_config: dict[str, Any]) -> dict[str, Any]:
     return tml_server_config
-
-
-def route_methods() -> list[tuple[str, str, type]]:
-    """Every (path pattern, method, handler) the extension registers, from its own table."""
-    found = []
-    for pattern, handler in handlers():
-        for method in handler.SUPPORTED_METHODS:
-            if own_method(handler, method):
-                found.append((pattern, method, handler))
-    return found
-
-
-def own_method(handler: type, method: str) -> Any:
-    """The handler's method for an HTTP verb when this package defines it, else None.
-
-    Jupyter's base classes answer CORS preflight (OPTIONS) without credentials, by design;
-    every verb the extension itself implements is checked.
-    """
-    function = getattr(handler, method.lower(), None)
-    module = getattr(inspect.unwrap(function), "__module__", "") if function else ""
-    return function if module.startswith("training_manager_lab") else None
-
-
-def fill(pattern: str, **values: str) -> str:
-    """A concrete path for a route pattern, with sample values for its parameters."""
-    path = re.sub(r"\(\?P<(\w+)>[^)]*\)", lambda m: values.get(m[1], SAMPLES[m[1]]), pattern)
-    assert re.fullmatch(pattern, path), (pattern, path)
-    return path
 
 
 def is_websocket(handler: type) -> bool:
