@@ -22,7 +22,7 @@ from training_manager_lab.examples.digits import DigitsData, DigitsMLP, held_out
 
 # A model defined the way a notebook cell defines it: in a module that cannot be imported by
 # name, so it can only reach the ranks by value.
-NOTEBOOK_CELL = '''
+NOTEBOOK_CELL = """
 import lightning.pytorch as pl
 import torch
 from torch import nn
@@ -51,7 +51,7 @@ class CellMLP(pl.LightningModule):
 
     def configure_optimizers(self):
         return torch.optim.Adam(self.parameters(), lr=1e-2)
-'''
+"""
 
 
 def notebook_module() -> types.ModuleType:
@@ -145,8 +145,12 @@ def test_register_then_load_gives_the_trained_predictions(ddp_job: tml.Job, clie
 
 def test_cancel_stops_every_rank(client: Any) -> None:
     job = tml.launch(
-        DigitsMLP, datamodule=DigitsData, trainer={"max_epochs": 10_000}, devices=2,
-        strategy="ddp", name="to-cancel",
+        DigitsMLP,
+        datamodule=DigitsData,
+        trainer={"max_epochs": 10_000},
+        devices=2,
+        strategy="ddp",
+        name="to-cancel",
     )
     wait_until(lambda: (job.record().get("progress") or {}).get("step", 0) > 5, what="training")
     processes = job_processes(job.record())
@@ -203,9 +207,7 @@ def test_nan_and_odd_metric_names_are_kept_and_warned(client: Any) -> None:
 
 
 def test_widget_figure_grows_while_the_job_runs(client: Any) -> None:
-    job = tml.launch(
-        DigitsMLP, datamodule=DigitsData, trainer={"max_epochs": 8}, name="watched"
-    )
+    job = tml.launch(DigitsMLP, datamodule=DigitsData, trainer={"max_epochs": 8}, name="watched")
     view = job.widget()
     sizes: list[int] = []
 
@@ -231,11 +233,15 @@ def test_script_entry_point_runs(client: Any, tmp_path: Path, monkeypatch: Any) 
     monkeypatch.chdir(tmp_path)
 
     job = tml.launch(
-        "train_script.py:CellMLP", datamodule=None, trainer={"max_epochs": 1,
-        "limit_val_batches": 0}, name="from-script",
+        "train_script.py:CellMLP",
+        datamodule=None,
+        trainer={"max_epochs": 1, "limit_val_batches": 0},
+        name="from-script",
     )
     assert job.record()["spec"]["entry"] == {
-        "kind": "file", "model": "train_script.py:CellMLP", "datamodule": None
+        "kind": "file",
+        "model": "train_script.py:CellMLP",
+        "datamodule": None,
     }
     job.wait(timeout=300)
 

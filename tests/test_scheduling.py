@@ -176,7 +176,9 @@ def test_a_gpu_busy_with_foreign_processes_is_not_handed_out(
     manager.cancel(small["id"])
 
 
-def test_the_busy_threshold_is_configurable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_busy_threshold_is_configurable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     strict = gpu_node(tmp_path, monkeypatch, "four_gpus.json", threshold=1 << 30)
     try:
         busy = strict.capacity().busy_gpus
@@ -219,3 +221,28 @@ def test_local_jobs_do_not_inherit_an_enclosing_job() -> None:
     env = clean_environment(inherited)
 
     assert env == {"SLURM_CONF": "/etc/slurm/slurm.conf", "PATH": "/usr/bin"}
+
+
+def test_resources_show_holders_and_the_queue(four_gpus: JobManager) -> None:
+    running = four_gpus.launch(spec(3, steps=300, name="holder"))
+    waiting = four_gpus.launch(spec(2, name="waiter"))
+
+    view = four_gpus.resources()
+
+    assert [node["node"] for node in view["nodes"]] == [view["nodes"][0]["node"]]
+    assert len(view["nodes"][0]["gpus"]) == 4
+    held = {key: [h["job_id"] for h in found] for key, found in view["holders"].items()}
+    assert sorted(held) == [str(gpu) for gpu in running["allocation"]["gpus"]]
+    assert all(ids == [running["id"]] for ids in held.values())
+    assert view["queue"] == [
+        {
+            "id": waiting["id"],
+            "name": "waiter",
+            "position": 1,
+            "reason": "waiting for 2 GPUs, 1 free",
+            "priority": 0,
+        }
+    ]
+    assert view["capacity"]["gpus"] == [0, 1, 2, 3]
+    four_gpus.cancel(waiting["id"])
+    four_gpus.cancel(running["id"])

@@ -143,7 +143,8 @@ def resources() -> Any:
     """A live widget of this node's (or cluster's) CPUs, memory, GPUs and queue."""
     from .widgets.resources_view import ResourcesView
 
-    return ResourcesView(get_client().resources)
+    client = get_client()
+    return ResourcesView(client.resources, end_process=client.end_process)
 
 
 def _default_name(model: Any) -> str:

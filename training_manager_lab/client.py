@@ -35,6 +35,7 @@ class Client(Protocol):
         self, job_id: str, cursor: int = 0, wait: float = 0.0
     ) -> tuple[list[dict[str, Any]], int]: ...
     def resources(self) -> dict[str, Any]: ...
+    def end_process(self, pid: int) -> dict[str, Any]: ...
     def config(self) -> dict[str, Any]: ...
 
 
@@ -87,6 +88,14 @@ class EmbeddedClient:
 
     def resources(self) -> dict[str, Any]:
         return self.manager.resources()
+
+    def end_process(self, pid: int) -> dict[str, Any]:
+        """End a GPU process that belongs to no job and no kernel (an orphan)."""
+        from .resources.attribution import end_process
+
+        orphans = self.manager.resources()["orphans"]
+        outcome = end_process(int(pid), allowed={int(o["pid"]) for o in orphans})
+        return {"pid": int(pid), "outcome": outcome}
 
     def config(self) -> dict[str, Any]:
         return {
@@ -189,6 +198,9 @@ class ServerClient:
 
     def resources(self) -> dict[str, Any]:
         return self._call("GET", "resources")
+
+    def end_process(self, pid: int) -> dict[str, Any]:
+        return self._call("DELETE", f"resources/processes/{int(pid)}")
 
     def config(self) -> dict[str, Any]:
         return self._call("GET", "config")

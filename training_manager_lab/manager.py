@@ -76,6 +76,7 @@ class JobManager:
         # that several supervisors never run the store's schema migrations at once.
         self._tracking_ready = threading.Event()
         self._tracking_ready.set()
+        self._sampler: Any = None
 
     # -- public operations ----------------------------------------------------------------
 
@@ -216,21 +217,32 @@ class JobManager:
             gpus=gpus, busy_gpus=busy, cpu_slots=slots, memory=inventory["memory"]["total"]
         )
 
-    def resources(self) -> dict[str, Any]:
-        """Nodes, who holds which device, and the queue (the shape ResourcesView shows)."""
+    def resources(self, kernels: dict[str, int | None] | None = None) -> dict[str, Any]:
+        """Nodes, who holds which device, orphans, and the queue (what ResourcesView shows).
+
+        Args:
+            kernels: ``{kernel_id: pid}`` of the server's kernels, so that GPU memory they
+                hold is attributed to them rather than reported as orphaned.
+        """
+        from .backends.local import job_processes
+        from .resources.attribution import attribute
         from .resources.inventory import local_inventory
 
-        inventory = local_inventory()
-        holders: dict[str, dict[str, Any]] = {}
+        inventory = self._sampler.latest() if self._sampler is not None else local_inventory()
+        holders: dict[str, list[dict[str, Any]]] = {}
         queue = []
         allocations = []
+        jobs: dict[str, dict[str, Any]] = {}
         for record in self.store.active():
             allocation = record.get("allocation") or {}
             if record["status"] == "running":
                 holder = {"job_id": record["id"], "name": record["name"]}
                 for gpu in allocation.get("gpus", []):
-                    holders[str(gpu)] = holder
+                    holders.setdefault(str(gpu), []).append(holder)
                 allocations.append({**holder, "allocation": allocation})
+                if inventory.get("gpus") and record["backend"] == "local":
+                    pids = [process.pid for process in job_processes(record)]
+                    jobs[record["id"]] = {"name": record["name"], "pids": pids}
             else:
                 queue.append(
                     {
@@ -241,6 +253,9 @@ class JobManager:
                         "priority": record.get("priority", 0),
                     }
                 )
+        attributed = attribute(inventory, jobs, kernels)
+        for key, found in attributed["holders"].items():
+            holders.setdefault(key, []).extend(found)
         capacity = self.capacity()
         nodes = [inventory]
         cluster = self._cluster_resources()
@@ -251,6 +266,11 @@ class JobManager:
             "nodes": nodes,
             "cluster": cluster,
             "holders": holders,
+            "kernels": attributed["kernels"],
+            "orphans": attributed["orphans"],
+            "history": (
+                {inventory["node"]: self._sampler.history()} if self._sampler is not None else {}
+            ),
             "queue": queue,
             "allocations": allocations,
             "capacity": {
@@ -414,6 +434,9 @@ class JobManager:
         self._stopping.clear()
         self._tracking_ready.clear()
         threading.Thread(target=self._prepare_tracking, name="tml-tracking", daemon=True).start()
+        from .resources.history import Sampler
+
+        self._sampler = Sampler(interval=1.0, window=600.0).start()
         self._thread = threading.Thread(
             target=self._loop, args=(interval,), name="tml-manager", daemon=True
         )
@@ -432,6 +455,9 @@ class JobManager:
 
     def stop(self) -> None:
         self._stopping.set()
+        if self._sampler is not None:
+            self._sampler.stop()
+            self._sampler = None
         if self._thread is not None:
             self._thread.join(timeout=5)
             self._thread = None

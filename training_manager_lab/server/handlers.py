@@ -346,8 +346,10 @@ class ResourcesHandler(BaseHandler):
         snapshot = self.settings.setdefault("tml_resources", {"at": None, "body": None})
         now = time.monotonic()
         if snapshot["at"] is None or now - snapshot["at"] >= RESOURCES_TTL:
-            resources = await self.run(self.manager.resources)
-            resources["kernels"] = self.kernels()
+            kernel_list = self.kernels()
+            kernels = {k["kernel_id"]: k["pid"] for k in kernel_list}
+            resources = await self.run(self.manager.resources, kernels)
+            resources["kernel_list"] = kernel_list
             snapshot.update(at=time.monotonic(), body=resources)
         self.reply(snapshot["body"])
 
