@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Set up everything the tests need and run them: the virtual environment, Chromium for the
-# browser tests and a one-node SLURM cluster on 127.0.0.1 (both need root and apt-get).
-#   scripts/test.sh [pytest arguments]
+# browser tests and a one-node SLURM cluster on 127.0.0.1 (both need root and apt-get), then
+# run the test suite and, in a fresh environment built from binder/, every notebook.
+#   scripts/test.sh                    everything (what CI runs)
+#   scripts/test.sh [pytest arguments] only pytest, with those arguments (e.g. tests/test_jobs.py)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh test
@@ -18,3 +20,8 @@ if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then
 fi
 
 .venv/bin/python -m pytest "$@"
+
+# The notebooks run in a fresh environment built from binder/ alone, as Binder builds it.
+if [ "$#" -eq 0 ]; then
+  scripts/notebooks.sh
+fi
