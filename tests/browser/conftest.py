@@ -116,6 +116,7 @@ def start_lab(
     timeout: float = 90.0,
     port: int | None = None,
     token: str | None = None,
+    theme: str | None = None,
 ) -> LabServer:
     """Start JupyterLab on 127.0.0.1 with a token, a temp root dir and TML_STATE_DIR in tmp.
 
@@ -127,6 +128,7 @@ def start_lab(
         timeout: seconds to wait for the server to answer.
         port: the port; a free one when left out (give the old one to restart a server).
         token: the token; a new random one when left out.
+        theme: a JupyterLab theme name, e.g. ``"JupyterLab Dark"``; the default theme if None.
     """
     token = token or secrets.token_hex(16)
     port = port or _free_port()
@@ -141,6 +143,8 @@ def start_lab(
     (notification / "notification.jupyterlab-settings").write_text(
         json.dumps({"fetchNews": "false", "checkForUpdates": False})
     )
+    if theme is not None:
+        (notification / "themes.jupyterlab-settings").write_text(json.dumps({"theme": theme}))
 
     env = dict(os.environ)
     env["TML_STATE_DIR"] = str(state)

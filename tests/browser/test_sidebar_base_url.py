@@ -1,4 +1,4 @@
-"""The Training panel works when JupyterLab runs under a JupyterHub-style base URL."""
+"""The Training panel works under a JupyterHub-style base URL, and in the dark theme."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ BASE_URL = "/user/tester/"
 
 
 def test_panel_under_a_non_root_base_url(page: Any, tmp_path: Any) -> None:
-    server = start_lab(tmp_path, base_url=BASE_URL)
+    server = start_lab(tmp_path, base_url=BASE_URL, theme="JupyterLab Dark")
     api_requests: list[str] = []
     page.on(
         "request",
@@ -41,6 +41,9 @@ def test_panel_under_a_non_root_base_url(page: Any, tmp_path: Any) -> None:
         jobs_title = panel.locator(".tml-JobsSection .tml-SectionTitle").inner_text()
         models_title = panel.locator(".tml-ModelsSection .tml-SectionTitle").inner_text()
         alerts = panel.locator(".tml-Banner[role=alert]").count()
+        colours = panel.evaluate(
+            "node => [getComputedStyle(node).backgroundColor, getComputedStyle(node).color]"
+        )
         # An unchanged job list is answered 304 Not Modified, not sent again.
         page.wait_for_event(
             "response",
@@ -49,7 +52,7 @@ def test_panel_under_a_non_root_base_url(page: Any, tmp_path: Any) -> None:
             ),
             timeout=30_000,
         )
-        screenshot(page, "base-url")
+        screenshot(page, "base-url-dark")
     finally:
         server.stop()
 
@@ -63,3 +66,12 @@ def test_panel_under_a_non_root_base_url(page: Any, tmp_path: Any) -> None:
     }
     assert all(url.startswith(prefix) for url in api_requests), api_requests
     assert jobs_statuses[0] == 200 and 304 in jobs_statuses
+    background, text = (_luminance(colour) for colour in colours)
+    assert background < 0.25 < text, f"the panel does not follow the dark theme: {colours}"
+
+
+def _luminance(css_colour: str) -> float:
+    """Relative brightness in [0, 1] of an ``rgb(r, g, b)`` or ``rgba(...)`` colour."""
+    channels = css_colour[css_colour.index("(") + 1 : css_colour.index(")")].split(",")
+    red, green, blue = (float(value) / 255 for value in channels[:3])
+    return 0.2126 * red + 0.7152 * green + 0.0722 * blue
