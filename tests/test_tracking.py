@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import logging
 import math
 import subprocess
@@ -236,6 +237,61 @@ def test_concurrent_registrations_get_distinct_consecutive_versions(
     assert sorted(int(v) for v in results.values()) == [1, 2, 3, 4, 5]
     listed = Tracker(tracking_uri).list_versions(unique_name)
     assert {v["job_id"]: v["version"] for v in listed} == results
+
+
+REGISTER_SCRIPT = """
+import json, os, sys, time
+from training_manager_lab.tracking import Tracker
+uri, run_id, model_uri, name, job_id, go = sys.argv[1:]
+tracker = Tracker(uri)
+tracker.client.get_run(run_id)
+open(go + "." + job_id, "w").close()
+while not os.path.exists(go):
+    time.sleep(0.01)
+version = tracker.register_model(run_id=run_id, model_uri=model_uri, name=name, job_id=job_id)
+print(json.dumps(version))
+"""
+
+
+def test_registrations_from_several_processes_on_sqlite_get_consecutive_versions(
+    sqlite_tracking_uri: str,
+    digits_model: dict,
+    logged_models: dict,
+    unique_name: str,
+    tmp_path: Path,
+) -> None:
+    tracker = Tracker(sqlite_tracking_uri)
+    if sqlite_tracking_uri not in logged_models:
+        logged_models[sqlite_tracking_uri] = log_trained_run(tracker, digits_model["model"])
+    run_id, model_uri, _ = logged_models[sqlite_tracking_uri]
+    go = tmp_path / "go"
+    jobs = [uuid.uuid4().hex[:12] for _ in range(3)]
+    root = Path(__file__).resolve().parent.parent
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", REGISTER_SCRIPT, sqlite_tracking_uri, run_id, model_uri]
+            + [unique_name, job, str(go)],
+            cwd=root,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for job in jobs
+    ]
+
+    deadline = time.monotonic() + 120
+    while not all(Path(f"{go}.{job}").exists() for job in jobs) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    go.touch()
+    outputs = [proc.communicate(timeout=180) for proc in procs]
+
+    assert [proc.returncode for proc in procs] == [0, 0, 0], [err for _, err in outputs]
+    versions = {
+        json.loads(out.splitlines()[-1])["job_id"]: json.loads(out.splitlines()[-1])["version"]
+        for out, _ in outputs
+    }
+    assert sorted(int(v) for v in versions.values()) == [1, 2, 3]
+    assert {v["job_id"]: v["version"] for v in tracker.list_versions(unique_name)} == versions
 
 
 @pytest.mark.parametrize("name", BAD_NAMES)
