@@ -102,10 +102,19 @@ export function linePath(
   extent: IExtent,
   box: IChartBox
 ): string {
-  const stepSpan = extent.maxStep - extent.minStep || 1;
-  const valueSpan = extent.maxValue - extent.minValue || 1;
+  const stepSpan = extent.maxStep - extent.minStep;
+  const valueSpan = extent.maxValue - extent.minValue;
   const innerWidth = box.width - 2 * box.padding;
   const innerHeight = box.height - 2 * box.padding;
+  // A range of one step or one value is drawn across the middle.
+  const xOf = (step: number): number =>
+    stepSpan
+      ? ((step - extent.minStep) / stepSpan) * innerWidth
+      : innerWidth / 2;
+  const yOf = (value: number): number =>
+    valueSpan
+      ? innerHeight - ((value - extent.minValue) / valueSpan) * innerHeight
+      : innerHeight / 2;
   const parts: string[] = [];
   let penDown = false;
   for (const point of points) {
@@ -113,12 +122,8 @@ export function linePath(
       penDown = false;
       continue;
     }
-    const x =
-      box.padding + ((point.step - extent.minStep) / stepSpan) * innerWidth;
-    const y =
-      box.padding +
-      innerHeight -
-      ((point.value - extent.minValue) / valueSpan) * innerHeight;
+    const x = box.padding + xOf(point.step);
+    const y = box.padding + yOf(point.value);
     parts.push(`${penDown ? 'L' : 'M'}${round2(x)},${round2(y)}`);
     penDown = true;
   }

@@ -73,13 +73,15 @@ describe('extentOf and linePath', () => {
     expect(linePath(points, extent, box)).toBe('M0,0 l0,0 M100,50 l0,0');
   });
 
-  it('draws a flat series along the bottom without dividing by zero', () => {
-    const points = [
+  it('draws a flat series and a single point across the middle', () => {
+    const flat = [
       { step: 1, value: 3 },
       { step: 2, value: 3 }
     ];
+    const single = [{ step: 7, value: 0.5 }];
 
-    expect(linePath(points, extentOf([points])!, box)).toBe('M0,50 L100,50');
+    expect(linePath(flat, extentOf([flat])!, box)).toBe('M0,25 L100,25');
+    expect(linePath(single, extentOf([single])!, box)).toBe('M50,25 l0,0');
   });
 });
 
