@@ -182,6 +182,26 @@ def test_a_failing_rank_fails_the_job_with_its_traceback(client: Any) -> None:
     wait_until(lambda: job_processes(job.record()) == [], timeout=10, what="every process gone")
 
 
+def test_a_rank_hanging_in_a_collective_is_stopped_after_the_stall_timeout(client: Any) -> None:
+    job = tml.launch(
+        lambda: DigitsMLP(hang_at_step=3, fail_rank=1),
+        datamodule=DigitsData,
+        trainer={"max_epochs": 50},
+        devices=2,
+        strategy="ddp",
+        name="hangs-at-3",
+        stall_timeout=20,
+    )
+    job.wait(timeout=300)
+
+    assert job.status == "failed"
+    assert "no progress for" in job.record()["reason"]
+    assert "stall_timeout=20" in job.error["message"]
+    steps = job.metrics().query("key == 'train_loss'").step.tolist()
+    assert steps and max(steps) <= 3
+    wait_until(lambda: job_processes(job.record()) == [], timeout=10, what="every process gone")
+
+
 def test_nan_and_odd_metric_names_are_kept_and_warned(client: Any) -> None:
     cell = notebook_module()
     job = tml.launch(

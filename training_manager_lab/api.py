@@ -26,6 +26,7 @@ def launch(
     priority: int = 0,
     cluster: str = "local",
     cluster_options: dict[str, Any] | None = None,
+    stall_timeout: float | None = 1800.0,
 ) -> Job:
     """Launch a Lightning training job in processes of its own and return its handle at once.
 
@@ -44,6 +45,9 @@ def launch(
         priority: higher runs first; equal priorities run in arrival order.
         cluster: ``"local"`` or ``"slurm"``.
         cluster_options: scheduler options for ``cluster="slurm"`` (partition, nodes, ...).
+        stall_timeout: seconds without any progress (training or validation) after which
+            the job is stopped as failed, for example when a rank hangs in a collective;
+            ``None`` waits forever.
 
     Returns:
         The job's handle; displaying it shows the live widget.
@@ -89,6 +93,7 @@ def launch(
         cluster_options=dict(cluster_options or {}),
         cwd=cwd,
         lineage=lineage_of(model, datamodule),
+        stall_timeout=stall_timeout,
     )
     spec.validate()
     client = get_client()

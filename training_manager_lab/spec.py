@@ -63,6 +63,7 @@ class JobSpec:
     cluster_options: dict[str, Any] = field(default_factory=dict)
     cwd: str | None = None
     lineage: dict[str, Any] = field(default_factory=dict)
+    stall_timeout: float | None = 1800.0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -95,8 +96,7 @@ class JobSpec:
             "file",
         ):
             raise JobSpecError(
-                "entry must be {'kind': 'pickle' | 'import' | 'file', ...}, "
-                f"got {self.entry!r}"
+                f"entry must be {{'kind': 'pickle' | 'import' | 'file', ...}}, got {self.entry!r}"
             )
         if self.entry["kind"] in ("import", "file"):
             for key in ("model", "datamodule"):
@@ -133,6 +133,15 @@ class JobSpec:
             raise JobSpecError(f"cluster must be one of {list(CLUSTERS)}, got {self.cluster!r}")
         if not isinstance(self.cluster_options, dict):
             raise JobSpecError("cluster_options must be a dict of scheduler options")
+        if self.stall_timeout is not None and (
+            isinstance(self.stall_timeout, bool)
+            or not isinstance(self.stall_timeout, (int, float))
+            or not 5 <= self.stall_timeout <= 7 * 86400
+        ):
+            raise JobSpecError(
+                "stall_timeout must be None or a number of seconds between 5 and 604800, "
+                f"got {self.stall_timeout!r}"
+            )
         check_trainer_args(self.trainer)
         if not isinstance(self.lineage, dict):
             raise JobSpecError("lineage must be a dict")

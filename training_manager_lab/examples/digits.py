@@ -49,6 +49,8 @@ class DigitsMLP(pl.LightningModule):
         fail_at_step: raise in training_step at this global step (on ``fail_rank``); for
             showing what a failing job looks like.
         fail_rank: the rank that fails.
+        hang_at_step: at this global step, ``fail_rank`` sleeps for good instead (the other
+            ranks then wait in their next collective); for showing stall detection.
     """
 
     def __init__(
@@ -57,6 +59,7 @@ class DigitsMLP(pl.LightningModule):
         lr: float = 1e-2,
         fail_at_step: int | None = None,
         fail_rank: int = 0,
+        hang_at_step: int | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -67,8 +70,22 @@ class DigitsMLP(pl.LightningModule):
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         fail_at = self.hparams.fail_at_step
-        if fail_at is not None and self.global_step >= fail_at and self.global_rank == self.hparams.fail_rank:
+        if (
+            fail_at is not None
+            and self.global_step >= fail_at
+            and self.global_rank == self.hparams.fail_rank
+        ):
             raise RuntimeError(f"deliberate failure at step {self.global_step}")
+        hang_at = self.hparams.hang_at_step
+        if (
+            hang_at is not None
+            and self.global_step >= hang_at
+            and self.global_rank == self.hparams.fail_rank
+        ):
+            import time
+
+            while True:
+                time.sleep(1)
         x, y = batch
         loss = nn.functional.cross_entropy(self(x), y)
         self.log("train_loss", loss)

@@ -69,7 +69,9 @@ class StreamLogger(Logger):
 
     @override
     @rank_zero_only
-    def log_hyperparams(self, params: dict[str, Any] | Namespace, *args: Any, **kwargs: Any) -> None:
+    def log_hyperparams(
+        self, params: dict[str, Any] | Namespace, *args: Any, **kwargs: Any
+    ) -> None:
         if isinstance(params, Namespace):
             params = vars(params)
         flat = {str(key): _plain(value) for key, value in dict(params).items()}
@@ -164,6 +166,20 @@ class ProgressCallback(pl.Callback):
     ) -> None:
         self._samples += _batch_size(batch) * self._world_size
         if trainer.is_global_zero and time.monotonic() - self._last_emit >= self._interval:
+            self._emit(trainer)
+
+    @override
+    def on_validation_batch_end(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        # Validation counts as progress too: the supervisor stops jobs that show none.
+        if trainer.is_global_zero and time.monotonic() - self._last_emit >= 5.0:
             self._emit(trainer)
 
     @override

@@ -26,6 +26,8 @@ POLL_INTERVAL = 0.1
 BRIDGE_INTERVAL = 1.0
 #: How long ranks get to stop after SIGTERM before they are killed.
 GRACE_PERIOD = 5.0
+#: Seconds a job may take to write its first event on top of its stall timeout.
+STARTUP_ALLOWANCE = 300.0
 
 
 class Supervisor:
@@ -57,6 +59,9 @@ class Supervisor:
         self._last_metrics: dict[str, float | None] = {}
         self._progress: dict[str, Any] | None = None
         self._last_bridge = 0.0
+        self._last_event = time.monotonic()
+        self._seen_event = False
+        self._stall_timeout = self.launch["spec"].get("stall_timeout")
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -111,8 +116,10 @@ class Supervisor:
 
         port = free_port()
         for rank in range(world_size):
-            env = base if world_size == 1 else rank_environment(
-                base, rank=rank, world_size=world_size, master_port=port
+            env = (
+                base
+                if world_size == 1
+                else rank_environment(base, rank=rank, world_size=world_size, master_port=port)
             )
             with open(self.job_dir / f"rank-{rank}.log", "ab") as output:
                 self.ranks.append(
@@ -165,6 +172,12 @@ class Supervisor:
                 if not (self.job_dir / MODEL_FILE).exists():
                     return "failed", "rank 0 finished without logging the model", None
                 return "succeeded", None, None
+            stalled = time.monotonic() - self._last_event
+            # Start-up (imports, data set-up, forming the process group) gets extra time
+            # before the first event: a loaded machine can take minutes there.
+            limit = (self._stall_timeout or 0) + (0 if self._seen_event else STARTUP_ALLOWANCE)
+            if self._stall_timeout and stalled > limit and not any(code == 0 for code in codes):
+                return "failed", None, self._stall_error(stalled)
             time.sleep(POLL_INTERVAL)
 
     def _why_stopped(self) -> tuple[str, str | None, dict[str, Any] | None]:
@@ -178,6 +191,20 @@ class Supervisor:
                 status, reason = known
                 return status, reason, {"rank": None, "message": reason, "traceback": None}
         return "cancelled", "cancelled by the user", None
+
+    def _stall_error(self, stalled: float) -> dict[str, Any]:
+        tails = [
+            f"--- rank {rank} ---\n{_tail(self.job_dir / f'rank-{rank}.log', 1500)}"
+            for rank in range(int(self.launch["world_size"]))
+        ]
+        return {
+            "rank": None,
+            "message": (
+                f"no progress for {stalled:.0f} s (stall_timeout={self._stall_timeout:g}); a "
+                "rank may hang, for example in a collective, so the job was stopped"
+            ),
+            "traceback": "\n".join(tails),
+        }
 
     def _first_error(self, failed: list[int]) -> dict[str, Any]:
         errors = []
@@ -246,7 +273,12 @@ class Supervisor:
         recorded = self.store.transition(self.job_id, status, reason or _reason(error), **fields)
         if not recorded:
             current = self.store.get(self.job_id)
-            log.info("job %s: already %s; outcome %s not recorded", self.job_id, current["status"], status)
+            log.info(
+                "job %s: already %s; outcome %s not recorded",
+                self.job_id,
+                current["status"],
+                status,
+            )
             status = current["status"]
         self.events.write({"type": "status", "status": status, "reason": reason or _reason(error)})
         self.events.close()
@@ -270,6 +302,8 @@ class Supervisor:
             events, self._cursor = read_events(self.job_dir / EVENTS_FILE, self._cursor)
             if not events:
                 break
+            self._last_event = time.monotonic()
+            self._seen_event = True
             for event in events:
                 kind = event.get("type")
                 if kind == "metric":
@@ -289,9 +323,7 @@ class Supervisor:
             batch, self._pending_metrics = self._pending_metrics, []
             self._safely(self._tracker.log_metric_events, self.run_id, batch)
         if self._progress is not None:
-            self.store.update(
-                self.job_id, progress=self._progress, last_metrics=self._last_metrics
-            )
+            self.store.update(self.job_id, progress=self._progress, last_metrics=self._last_metrics)
 
     def _safely(self, function: Any, *args: Any) -> None:
         try:
@@ -301,9 +333,18 @@ class Supervisor:
 
 
 def _progress_record(event: dict[str, Any]) -> dict[str, Any]:
-    record = {key: event.get(key) for key in (
-        "step", "total_steps", "epoch", "max_epochs", "samples_per_sec", "elapsed", "eta"
-    )}
+    record = {
+        key: event.get(key)
+        for key in (
+            "step",
+            "total_steps",
+            "epoch",
+            "max_epochs",
+            "samples_per_sec",
+            "elapsed",
+            "eta",
+        )
+    }
     total = event.get("total_steps")
     record["fraction"] = min(event["step"] / total, 1.0) if total else None
     return record
