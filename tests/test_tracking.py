@@ -484,6 +484,7 @@ def test_lineage_of_a_script_defined_model(
     assert lineage["job"]["world_size"] == 2 and lineage["job_id"] == job_id
     assert lineage["checkpoint"] == "jobs/x/checkpoints/last.ckpt"
     assert lineage["run"]["run_id"] == run_id and lineage["run"]["status"] == "FINISHED"
+    assert lineage["run"]["duration"] >= 0
     assert lineage["run"]["tags"]["tml.code_sha256"] == code["sha256"]
 
     script.write_text(script.read_text() + "# edited\n")

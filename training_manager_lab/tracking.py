@@ -625,7 +625,8 @@ class Tracker:
         self.client.log_text(run_id, json.dumps(lineage, indent=2, default=str), LINEAGE_FILE)
         tags = {}
         code = lineage.get("code") or {}
-        git = code.get("git") or {}
+        # Accept both a nested "git" dict (describe_code) and flat git_commit/git_dirty keys.
+        git = code.get("git") or {"commit": code.get("git_commit"), "dirty": code.get("git_dirty")}
         job_id = _lineage_job_id(lineage)
         if job_id:
             tags[JOB_ID_TAG] = job_id
@@ -972,6 +973,9 @@ class Tracker:
             "status": run.info.status,
             "start_time": (run.info.start_time or 0) / 1000,
             "end_time": None if run.info.end_time is None else run.info.end_time / 1000,
+            "duration": None
+            if run.info.end_time is None or run.info.start_time is None
+            else (run.info.end_time - run.info.start_time) / 1000,
             "params": {names.get(k, k): v for k, v in run.data.params.items()},
             "tags": {k: v for k, v in run.data.tags.items() if not k.startswith("mlflow.")},
         }
