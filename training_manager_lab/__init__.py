@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .api import jobs, job, launch, load_model, models, resources, tracking_uri
+from .api import job, jobs, launch, load_model, models, resources, tracking_uri
 from .errors import (
     JobConflict,
     JobNotFound,

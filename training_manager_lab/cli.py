@@ -98,7 +98,9 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
 
     listing = commands.add_parser("jobs", help="list recent jobs")
-    listing.add_argument("--status", choices=("queued", "running", "succeeded", "failed", "cancelled"))
+    listing.add_argument(
+        "--status", choices=("queued", "running", "succeeded", "failed", "cancelled")
+    )
     listing.add_argument("--limit", type=int, default=20)
     listing.set_defaults(run=_jobs)
 

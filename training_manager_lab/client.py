@@ -1,4 +1,4 @@
-"""Finds the job manager for this process: the Jupyter server that started the kernel, or an embedded one."""
+"""Finds this process's job manager: the Jupyter server that started the kernel, or its own."""
 
 from __future__ import annotations
 
@@ -18,6 +18,10 @@ log = logging.getLogger(__name__)
 API_PREFIX = "training-manager/api"
 
 
+#: Job records, as lists of plain dicts.
+Records = list[dict[str, Any]]
+
+
 class Client(Protocol):
     """What the public API needs from a job manager, wherever it runs."""
 
@@ -25,15 +29,13 @@ class Client(Protocol):
     def get(self, job_id: str) -> dict[str, Any]: ...
     def list(
         self, status: str | None = None, limit: int = 50, offset: int = 0
-    ) -> tuple[list[dict[str, Any]], int]: ...
+    ) -> tuple[Records, int]: ...
     def cancel(self, job_id: str) -> dict[str, Any]: ...
     def delete(self, job_id: str) -> None: ...
     def logs(
         self, job_id: str, rank: int, tail: int | None = None, offset: int | None = None
     ) -> dict[str, Any]: ...
-    def events(
-        self, job_id: str, cursor: int = 0, wait: float = 0.0
-    ) -> tuple[list[dict[str, Any]], int]: ...
+    def events(self, job_id: str, cursor: int = 0, wait: float = 0.0) -> tuple[Records, int]: ...
     def resources(self) -> dict[str, Any]: ...
     def end_process(self, pid: int) -> dict[str, Any]: ...
     def config(self) -> dict[str, Any]: ...
@@ -61,7 +63,7 @@ class EmbeddedClient:
 
     def list(
         self, status: str | None = None, limit: int = 50, offset: int = 0
-    ) -> tuple[list[dict[str, Any]], int]:
+    ) -> tuple[Records, int]:
         return self.manager.list(status, limit, offset)
 
     def cancel(self, job_id: str) -> dict[str, Any]:
@@ -75,9 +77,7 @@ class EmbeddedClient:
     ) -> dict[str, Any]:
         return read_log(self.manager.job_dir(job_id), rank, tail=tail, offset=offset)
 
-    def events(
-        self, job_id: str, cursor: int = 0, wait: float = 0.0
-    ) -> tuple[list[dict[str, Any]], int]:
+    def events(self, job_id: str, cursor: int = 0, wait: float = 0.0) -> tuple[Records, int]:
         path = self.manager.job_dir(job_id) / EVENTS_FILE
         deadline = time.monotonic() + wait
         while True:
@@ -162,7 +162,7 @@ class ServerClient:
 
     def list(
         self, status: str | None = None, limit: int = 50, offset: int = 0
-    ) -> tuple[list[dict[str, Any]], int]:
+    ) -> tuple[Records, int]:
         params: dict[str, Any] = {"limit": limit, "offset": offset}
         if status:
             params["status"] = status
@@ -185,9 +185,7 @@ class ServerClient:
             params["offset"] = offset
         return self._call("GET", f"jobs/{quote(job_id, safe='')}/logs", params=params)
 
-    def events(
-        self, job_id: str, cursor: int = 0, wait: float = 0.0
-    ) -> tuple[list[dict[str, Any]], int]:
+    def events(self, job_id: str, cursor: int = 0, wait: float = 0.0) -> tuple[Records, int]:
         body = self._call(
             "GET",
             f"jobs/{quote(job_id, safe='')}/events",

@@ -145,8 +145,7 @@ class Job:
         record = self.record()
         if record["status"] != "succeeded":
             raise RegistryError(
-                f"job {self.id} is {record['status']}; only a succeeded job has a model to "
-                "register"
+                f"job {self.id} is {record['status']}; only a succeeded job has a model to register"
             )
         if not record.get("model_uri") or not record.get("run_id"):
             raise RegistryError(f"job {self.id} succeeded but recorded no model")

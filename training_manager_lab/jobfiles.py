@@ -70,14 +70,5 @@ def read_log(
     return {"rank": rank, "text": text, "offset": size}
 
 
-def all_logs(job_dir: Path, tail: int = 100) -> str:
-    """The last ``tail`` lines of every rank, each line prefixed with its rank."""
-    lines = []
-    for rank in rank_logs(job_dir):
-        text = read_log(job_dir, rank, tail=tail)["text"]
-        lines.extend(f"[rank {rank}] {line}" for line in text.splitlines())
-    return "\n".join(lines)
-
-
 def job_events(job_dir: Path, cursor: int) -> tuple[list[dict[str, Any]], int]:
     return read_events(job_dir / EVENTS_FILE, cursor)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 import json
 import logging
 import os
@@ -28,6 +29,10 @@ log = logging.getLogger(__name__)
 STARTING_GRACE = 60.0
 LOST_REASON = "lost while the server was down"
 LOCAL_BACKEND_ENV = "TML_LOCAL_BACKEND"
+
+
+#: Job records, as lists of plain dicts.
+Records = list[dict[str, Any]]
 
 
 class JobManager:
@@ -137,7 +142,7 @@ class JobManager:
 
     def list(
         self, status: str | None = None, limit: int = 50, offset: int = 0
-    ) -> tuple[list[dict[str, Any]], int]:
+    ) -> tuple[Records, int]:
         if status is not None and status not in ("queued", "running", *TERMINAL):
             raise JobSpecError(
                 f"status filter must be one of queued, running, succeeded, failed, "
@@ -180,9 +185,7 @@ class JobManager:
         """Delete a finished job's record and folder."""
         record = self.get(job_id)
         if record["status"] not in TERMINAL:
-            raise JobConflict(
-                f"job {job_id} is {record['status']}; cancel it before deleting it"
-            )
+            raise JobConflict(f"job {job_id} is {record['status']}; cancel it before deleting it")
         shutil.rmtree(job_folder(self.state_dir, job_id), ignore_errors=True)
         self.store.delete(job_id)
         log.info("job %s deleted", job_id)
@@ -277,9 +280,7 @@ class JobManager:
                 "gpus": list(capacity.gpus),
                 "busy_gpus": sorted(capacity.busy_gpus),
                 "cpu_slots": capacity.cpu_slots,
-                "cpu_slots_used": sum(
-                    (a["allocation"].get("cpu_slots") or 0) for a in allocations
-                ),
+                "cpu_slots_used": sum((a["allocation"].get("cpu_slots") or 0) for a in allocations),
             },
         }
 
@@ -303,7 +304,7 @@ class JobManager:
 
     # -- scheduling and supervision --------------------------------------------------------
 
-    def tick(self) -> list[str]:
+    def tick(self) -> builtins.list[str]:
         """Start the queued local jobs that fit now; return their ids."""
         if not self._tracking_ready.is_set():
             return []
@@ -315,7 +316,11 @@ class JobManager:
                 decision = plan(active, capacity)
                 for job, allocation in decision.starts:
                     if self.store.transition(
-                        job["id"], "running", None, db=db, allocation=allocation,
+                        job["id"],
+                        "running",
+                        None,
+                        db=db,
+                        allocation=allocation,
                         queue_position=None,
                     ):
                         started.append((job, allocation))
@@ -485,8 +490,10 @@ class JobManager:
 
 
 def _checked_id(job_id: Any) -> str:
-    if not isinstance(job_id, str) or len(job_id) != 12 or not all(
-        c in "0123456789abcdef" for c in job_id
+    if (
+        not isinstance(job_id, str)
+        or len(job_id) != 12
+        or not all(c in "0123456789abcdef" for c in job_id)
     ):
         from .errors import JobNotFound
 

@@ -1,4 +1,4 @@
-"""Who runs next and on which devices: priority order, first come first served, no double booking."""
+"""Who runs next and on which devices: by priority, then arrival; a GPU is never booked twice."""
 
 from __future__ import annotations
 
@@ -104,7 +104,9 @@ def plan(jobs: list[dict[str, Any]], capacity: Capacity, node: str = "localhost"
         elif devices > free_slots:
             reason = f"waiting for {devices} CPU slots, {max(free_slots, 0)} free"
         if reason is None and memory and free_memory is not None and memory > free_memory:
-            reason = f"waiting for {memory / 2**30:.1f} GiB of memory, {free_memory / 2**30:.1f} free"
+            reason = (
+                f"waiting for {memory / 2**30:.1f} GiB of memory, {free_memory / 2**30:.1f} free"
+            )
         if reason is not None:
             result.waiting[job["id"]] = (position, reason)
             blocked_by = job["id"]

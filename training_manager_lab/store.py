@@ -64,6 +64,10 @@ CREATE INDEX IF NOT EXISTS transitions_job ON transitions (job_id, id);
 """
 
 
+#: Job records, as lists of plain dicts.
+Records = list[dict[str, Any]]
+
+
 class JobStore:
     """Persists job records in ``jobs.db``.
 
@@ -224,7 +228,7 @@ class JobStore:
 
     def list(
         self, status: str | None = None, limit: int = 50, offset: int = 0
-    ) -> tuple[list[dict[str, Any]], int]:
+    ) -> tuple[Records, int]:
         """Jobs newest first, and how many match in all."""
         where, args = ("WHERE status = ?", (status,)) if status else ("", ())
         db = self._connection()
@@ -235,15 +239,19 @@ class JobStore:
         ).fetchall()
         return [_decode(row) for row in rows], total
 
-    def active(self, db: sqlite3.Connection | None = None) -> list[dict[str, Any]]:
+    def active(self, db: sqlite3.Connection | None = None) -> Records:
         """Queued and running jobs, in scheduling order (priority, then arrival)."""
-        rows = (db or self._connection()).execute(
-            "SELECT * FROM jobs WHERE status IN ('queued', 'running') "
-            "ORDER BY priority DESC, seq ASC"
-        ).fetchall()
+        rows = (
+            (db or self._connection())
+            .execute(
+                "SELECT * FROM jobs WHERE status IN ('queued', 'running') "
+                "ORDER BY priority DESC, seq ASC"
+            )
+            .fetchall()
+        )
         return [_decode(row) for row in rows]
 
-    def transitions(self, job_id: str | None = None) -> list[dict[str, Any]]:
+    def transitions(self, job_id: str | None = None) -> Records:
         query = "SELECT * FROM transitions"
         args: tuple[Any, ...] = ()
         if job_id is not None:
@@ -254,10 +262,14 @@ class JobStore:
 
     def version(self) -> str:
         """A token that changes whenever any job changes (for conditional requests)."""
-        row = self._connection().execute(
-            "SELECT COUNT(*), COALESCE(MAX(updated_at), 0), "
-            "(SELECT COALESCE(MAX(id), 0) FROM transitions) FROM jobs"
-        ).fetchone()
+        row = (
+            self._connection()
+            .execute(
+                "SELECT COUNT(*), COALESCE(MAX(updated_at), 0), "
+                "(SELECT COALESCE(MAX(id), 0) FROM transitions) FROM jobs"
+            )
+            .fetchone()
+        )
         return f"{row[0]}-{row[1]:.6f}-{row[2]}"
 
 

@@ -69,18 +69,19 @@ class DigitsMLP(pl.LightningModule):
         return self.net(x)
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
-        fail_at = self.hparams.fail_at_step
+        hparams: Any = self.hparams
+        fail_at = hparams.fail_at_step
         if (
             fail_at is not None
             and self.global_step >= fail_at
-            and self.global_rank == self.hparams.fail_rank
+            and self.global_rank == hparams.fail_rank
         ):
             raise RuntimeError(f"deliberate failure at step {self.global_step}")
-        hang_at = self.hparams.hang_at_step
+        hang_at = hparams.hang_at_step
         if (
             hang_at is not None
             and self.global_step >= hang_at
-            and self.global_rank == self.hparams.fail_rank
+            and self.global_rank == hparams.fail_rank
         ):
             import time
 
@@ -98,7 +99,7 @@ class DigitsMLP(pl.LightningModule):
         self.log("val_acc", (logits.argmax(dim=1) == y).float().mean(), sync_dist=True)
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.Adam(self.parameters(), lr=self.hparams.lr)
+        return torch.optim.Adam(self.parameters(), lr=float(self.hparams["lr"]))
 
 
 def held_out(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:

@@ -103,7 +103,8 @@ class StreamLogger(Logger):
             if raw.numel() != 1:
                 self._warn_once(
                     f"shape:{key}",
-                    f"{key} has shape {tuple(raw.shape)}; only scalars are recorded, so it is skipped",
+                    f"{key} has shape {tuple(raw.shape)}; only scalars are recorded, so it is "
+                    "skipped",
                 )
                 return None
             return float(raw.detach().cpu().item())

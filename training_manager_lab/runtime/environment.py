@@ -1,4 +1,4 @@
-"""The environment a job's processes start with: clean of any enclosing job, explicit about ranks."""
+"""The environment of a job's processes: clean of any enclosing job, explicit about ranks."""
 
 from __future__ import annotations
 

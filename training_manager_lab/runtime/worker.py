@@ -1,4 +1,4 @@
-"""One rank of a job: load the entry point, build the Trainer, fit, and (rank zero) log the model."""
+"""One rank of a job: load the entry point, build the Trainer, fit; rank zero logs the model."""
 
 from __future__ import annotations
 

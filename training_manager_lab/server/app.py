@@ -59,8 +59,10 @@ class TrainingManagerApp(ExtensionApp):
         from ..manager import JobManager
         from ..spec import resolve_reference
 
-        state_dir = self.state_dir or os.environ.get("TML_STATE_DIR") or str(
-            Path(self.serverapp.root_dir) / ".training-manager"
+        state_dir = (
+            self.state_dir
+            or os.environ.get("TML_STATE_DIR")
+            or str(self._root_dir() / ".training-manager")
         )
         if self.local_backend_class:
             os.environ["TML_LOCAL_BACKEND"] = self.local_backend_class
@@ -79,10 +81,13 @@ class TrainingManagerApp(ExtensionApp):
         manager.adopt()
         manager.start()
         self.settings["tml_manager"] = manager
-        self.settings["tml_root_dir"] = str(Path(self.serverapp.root_dir).resolve())
+        self.settings["tml_root_dir"] = str(self._root_dir().resolve())
         self.log.info(
             "training-manager: state in %s, MLflow at %s", manager.state_dir, manager.tracking_uri
         )
+
+    def _root_dir(self) -> Path:
+        return Path(self.serverapp.root_dir if self.serverapp is not None else os.getcwd())
 
     def initialize_handlers(self) -> None:
         self.handlers.extend(handlers())
