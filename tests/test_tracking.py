@@ -178,7 +178,8 @@ def test_registered_model_loads_with_the_same_predictions(
     x = digits_model["x_test"]
     with torch.no_grad():
         expected = digits_model["model"](x)
-        for ref in (f"{unique_name}@candidate", f"{unique_name}/1", unique_name):
+        refs = (f"{unique_name}@candidate", f"{unique_name}/1", unique_name, model_uri)
+        for ref in refs:
             loaded = tracker.load_model(ref)
             loaded.eval()
             assert torch.allclose(loaded(x), expected)
