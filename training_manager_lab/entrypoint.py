@@ -10,7 +10,8 @@ from typing import Any
 import cloudpickle
 
 from .errors import JobSpecError
-from .spec import describe_code, resolve_reference
+from .spec import resolve_reference
+from .tracking import describe_code
 
 ENTRY_FILE = "entry.pkl"
 

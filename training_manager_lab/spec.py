@@ -9,7 +9,6 @@ import inspect
 import json
 import os
 import re
-import subprocess
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -229,44 +228,3 @@ def resolve_reference(reference: str, base_dir: str | os.PathLike[str] | None = 
             raise JobSpecError(f"{target!r} has no attribute {attr!r} (from {reference!r})")
         obj = getattr(obj, part)
     return obj
-
-
-def describe_code(obj: Any) -> dict[str, Any]:
-    """Lineage of the code that defines ``obj``: its source, hash, file and git state."""
-    target = obj if inspect.isclass(obj) or inspect.isfunction(obj) else type(obj)
-    info: dict[str, Any] = {
-        "qualname": getattr(target, "__qualname__", repr(target)),
-        "module": getattr(target, "__module__", None),
-    }
-    try:
-        source = inspect.getsource(target)
-    except (OSError, TypeError):
-        source = None
-    if source is not None:
-        info["source"] = source
-        info["sha256"] = hashlib.sha256(source.encode()).hexdigest()
-    try:
-        filename = inspect.getsourcefile(target)
-    except TypeError:
-        filename = None
-    if filename and os.path.isfile(filename):
-        info["file"] = filename
-        info.update(_git_state(Path(filename).parent))
-    else:
-        info["defined_in"] = "notebook cell" if info["module"] == "__main__" else "unknown"
-    return info
-
-
-def _git_state(folder: Path) -> dict[str, Any]:
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=folder, capture_output=True, text=True, timeout=5
-        )
-        if commit.returncode != 0:
-            return {}
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain"], cwd=folder, capture_output=True, text=True, timeout=5
-        )
-        return {"git_commit": commit.stdout.strip(), "git_dirty": bool(dirty.stdout.strip())}
-    except (OSError, subprocess.SubprocessError):
-        return {}
