@@ -105,6 +105,14 @@ def test_every_route_and_method_is_documented() -> None:
     assert routes == documented
 
 
+def test_the_spec_schema_names_every_field_of_a_job_spec() -> None:
+    from training_manager_lab.spec import JobSpec
+
+    documented = set(DOC["components"]["schemas"]["JobSpec"]["properties"])
+
+    assert documented == set(JobSpec.__dataclass_fields__)
+
+
 def test_every_operation_documents_refusal_and_failure() -> None:
     missing = [
         (path, method)

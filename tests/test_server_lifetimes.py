@@ -132,6 +132,21 @@ class JupyterServer:
             events += page["events"]
             cursor = page["cursor"]
 
+    def stream(self, job_id: str) -> list[dict[str, Any]]:
+        """Every message of a job's websocket event stream, until the server closes it."""
+        url = f"ws://127.0.0.1:{self.port}/{API}/jobs/{job_id}/stream?cursor=0"
+        ws = websocket.create_connection(
+            url, header=[f"Authorization: token {self.token}"], timeout=60
+        )
+        messages = []
+        try:
+            while message := ws.recv():
+                messages.append(json.loads(message))
+        except websocket.WebSocketConnectionClosedException:
+            pass
+        ws.close()
+        return messages
+
     def wait_job(
         self,
         job_id: str,
@@ -355,7 +370,10 @@ def test_server_restart_readopts_a_running_job_and_records_a_lost_one(
     }
     survivor = server.api("POST", f"{API}/jobs", json={"spec": {**spec, "name": "survivor"}})
     lost = server.api("POST", f"{API}/jobs", json={"spec": {**spec, "name": "lost"}})
-    training = lambda r: r["status"] == "running" and (r.get("progress") or {}).get("step", 0) > 0  # noqa: E731
+
+    def training(record: dict[str, Any]) -> bool:
+        return record["status"] == "running" and record.get("progress") is not None
+
     survivor_pid = server.wait_job(survivor["id"], training, "training")["pid"]
     lost_pid = server.wait_job(lost["id"], training, "training")["pid"]
     before = len(server.events(survivor["id"]))
@@ -367,6 +385,7 @@ def test_server_restart_readopts_a_running_job_and_records_a_lost_one(
     server.start()
     after_restart = server.job(survivor["id"])
     lost_after = server.job(lost["id"])
+    lost_stream = [event for message in server.stream(lost["id"]) for event in message["events"]]
     (server.root / "go").touch()
     ended = server.wait_job(survivor["id"], lambda r: r["status"] in TERMINAL, "ending")
     events = server.events(survivor["id"])
@@ -375,6 +394,13 @@ def test_server_restart_readopts_a_running_job_and_records_a_lost_one(
     assert after_restart["status"] == "running" and after_restart["pid"] == survivor_pid
     assert lost_after["status"] == "failed"
     assert lost_after["reason"] == LOST_REASON
+    # No process of the lost job is left to write its end; the stream still ends with it.
+    assert lost_stream[-1] == {
+        **lost_stream[-1],
+        "type": "status",
+        "status": "failed",
+        "reason": LOST_REASON,
+    }
     assert ended["status"] == "succeeded"
     assert len(events) > before
     assert events[-1]["type"] == "status" and events[-1]["status"] == "succeeded"
