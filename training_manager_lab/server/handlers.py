@@ -39,6 +39,10 @@ MAX_WAIT = 30.0
 #: and live gauges, so without this no two answers are equal and an ETag never matches;
 #: it also bounds the cost of many tabs polling at once.
 RESOURCES_TTL = 1.0
+#: Seconds after a job's recorded end that a stream waits for its status event before it
+#: sends one itself (a job recorded as failed by the manager, e.g. lost while the server was
+#: down, has no process left to write it).
+STREAM_END_GRACE = 3.0
 OPENAPI_FILE = Path(__file__).with_name("openapi.json")
 
 
@@ -114,7 +118,7 @@ class BaseHandler(ExtensionHandlerMixin, APIHandler):
 
     def kernels(self) -> list[dict[str, Any]]:
         """The kernels of this server and their process ids."""
-        kernel_manager = self.serverapp.kernel_manager if self.serverapp else None
+        kernel_manager: Any = self.serverapp.kernel_manager if self.serverapp else None
         found = []
         for kernel_id in list(kernel_manager.list_kernel_ids()) if kernel_manager else []:
             try:
@@ -244,6 +248,10 @@ class LogsHandler(BaseHandler):
 
 
 class EventsHandler(BaseHandler):
+    def _client_gone(self) -> bool:
+        stream = getattr(self.request.connection, "stream", None)
+        return bool(stream is not None and stream.closed())
+
     @web.authenticated
     @authorized
     @_domain_errors
@@ -260,7 +268,7 @@ class EventsHandler(BaseHandler):
         deadline = loop.time() + wait
         while True:
             events, next_cursor = await self.run(read_events, path, cursor)
-            if events or loop.time() >= deadline or self.request.connection.stream.closed():
+            if events or loop.time() >= deadline or self._client_gone():
                 break
             await asyncio.sleep(0.02)
         self.reply({"events": events, "cursor": next_cursor})
@@ -306,6 +314,7 @@ class StreamHandler(ExtensionHandlerMixin, JupyterHandler, websocket.WebSocketHa
 
     def open(self, *args: Any, **kwargs: Any) -> None:  # type: ignore[override]
         self._finished = False
+        self._idle = 0
         self._push()
         self._callback = PeriodicCallback(self._push, 100)
         self._callback.start()
@@ -315,7 +324,12 @@ class StreamHandler(ExtensionHandlerMixin, JupyterHandler, websocket.WebSocketHa
             return
         events, self._cursor = read_events(self._path, self._cursor)
         if not events:
-            return
+            self._idle += 1
+            if self._idle % 10 == 0:
+                events = self._ended_without_status()
+            if not events:
+                return
+        self._idle = 0
         try:
             self.write_message(json.dumps({"events": events, "cursor": self._cursor}))
         except websocket.WebSocketClosedError:
@@ -325,6 +339,23 @@ class StreamHandler(ExtensionHandlerMixin, JupyterHandler, websocket.WebSocketHa
             self._finished = True
             self._stop()
             self.close(1000, "job ended")
+
+    def _ended_without_status(self) -> list[dict[str, Any]]:
+        """The closing status event of a job that ended without writing one, else nothing."""
+        try:
+            record = self.settings["tml_manager"].get(self._job_id)
+        except JobNotFound:
+            self._finished = True
+            self._stop()
+            self.close(1000, "job deleted")
+            return []
+        if record["status"] not in ("succeeded", "failed", "cancelled"):
+            return []
+        ended = record.get("ended_at") or 0.0
+        if time.time() - ended < STREAM_END_GRACE:
+            return []
+        status = {"type": "status", "status": record["status"], "reason": record["reason"]}
+        return [{**status, "t": ended or time.time()}]
 
     def _stop(self) -> None:
         if self._callback is not None:
