@@ -21,7 +21,9 @@ fi
 
 .venv/bin/python -m pytest "$@"
 
-# The notebooks run in a fresh environment built from binder/ alone, as Binder builds it.
 if [ "$#" -eq 0 ]; then
+  # The sidebar's unit tests (Jest), with the node modules the build installed.
+  (cd labextension && ../.venv/bin/jlpm install --immutable >/dev/null && ../.venv/bin/jlpm test --silent)
+  # The notebooks run in a fresh environment built from binder/ alone, as Binder builds it.
   scripts/notebooks.sh
 fi
