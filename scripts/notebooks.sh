@@ -32,8 +32,11 @@ trap cleanup EXIT
 
 started=$SECONDS
 "$python" -m venv "$venv"
-"$venv/bin/python" -m pip install --quiet -r binder/requirements.txt
-"$venv/bin/python" -m pip install --quiet "nbval>=0.11" "pytest>=8" "pytest-timeout>=2.3"
+# --no-compile: byte-compiling all of torch and MLflow up front costs more than compiling,
+# on first import, the modules the notebooks use.
+pip=("$venv/bin/python" -m pip install --quiet --no-compile)
+"${pip[@]}" -r binder/requirements.txt
+"${pip[@]}" "nbval>=0.11" "pytest>=8" "pytest-timeout>=2.3"
 echo "notebooks.sh: environment from binder/ ready in $((SECONDS - started)) s"
 
 "$venv/bin/python" -m pytest -p no:cacheprovider \
