@@ -23,6 +23,12 @@ TERMINAL = ("succeeded", "failed", "cancelled")
 Fetch = Callable[..., Awaitable[HTTPResponse]]
 
 
+#: Session-wide objects behind the fixtures below. Test modules import these fixtures by
+#: name, which makes a separate fixture per module; keeping the objects here lets every
+#: module share one state directory and one set of jobs all the same.
+_SHARED: dict[str, Any] = {}
+
+
 @pytest.fixture(scope="session")
 def server_state_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The state directory of every extension server of the session.
@@ -31,7 +37,9 @@ def server_state_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     they all share this folder, so a job launched by one test's server is adopted by the
     next one, and the MLflow store's schema is created once.
     """
-    return tmp_path_factory.mktemp("tml-server-state")
+    if "state_dir" not in _SHARED:
+        _SHARED["state_dir"] = tmp_path_factory.mktemp("tml-server-state")
+    return Path(_SHARED["state_dir"])
 
 
 def aiotest(test: Callable[..., Coroutine[Any, Any, None]]) -> Callable[..., None]:
@@ -236,7 +244,7 @@ async def read_stream(ws: Any, timeout: float = 120.0) -> list[dict[str, Any]]:
 
 @pytest.fixture(scope="session")
 def job_cache() -> JobCache:
-    return JobCache()
+    return _SHARED.setdefault("job_cache", JobCache())
 
 
 #: Values for the path parameters of every route.
