@@ -40,7 +40,7 @@ pip=("$venv/bin/python" -m pip install --quiet --no-compile)
 echo "notebooks.sh: environment from binder/ ready in $((SECONDS - started)) s"
 
 "$venv/bin/python" -m pytest -p no:cacheprovider \
-  --nbval-lax --nbval-current-env --nbval-cell-timeout=600 \
+  --nbval-lax --nbval-current-env --nbval-cell-timeout=900 --timeout=900 \
   --nbval-sanitize-with notebooks/nbval-sanitize.cfg \
   notebooks/ "$@"
 echo "notebooks.sh: done in $((SECONDS - started)) s"
