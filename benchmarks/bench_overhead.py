@@ -1,0 +1,253 @@
+"""B1: what live monitoring costs a training loop that logs on every step, against the alternatives.
+
+Each model is fitted in this process (no job processes: the per-step cost alone; torch on one
+thread, see ``common.one_thread``) with ``log_every_n_steps=1`` in five ways, interleaved and
+repeated, and the median wall time of ``trainer.fit`` is compared with the fit that logs
+nothing:
+
+- ``off``: ``logger=False`` and no callbacks, the baseline;
+- ``ours``: our ``StreamLogger`` and ``ProgressCallback`` writing a real event stream;
+- ``ours + bridge``: the same while a supervisor's metric bridge, in a process of its own,
+  forwards the stream to an MLflow run on SQLite (the whole path of a real job);
+- ``MLFlowLogger``: Lightning's stock logger on SQLite, a blocking write per step;
+- ``MLFlowLogger async``: the same with ``synchronous=False`` (MLflow's asynchronous logging),
+  the queue flushed before the clock stops.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from benchmarks.common import REPO, Context, Row, median, one_thread, say
+
+VARIANTS = ("off", "ours", "ours+bridge", "mlflow", "mlflow-async")
+LABELS = {
+    "off": "logging off",
+    "ours": "ours: StreamLogger + ProgressCallback",
+    "ours+bridge": "ours + supervisor bridge to MLflow (2 processes)",
+    "mlflow": "Lightning MLFlowLogger, SQLite",
+    "mlflow-async": "MLFlowLogger, SQLite, synchronous=False",
+}
+TARGET_RATIO = 1.05
+
+
+@dataclass
+class Workload:
+    """A model and data to fit, and how long."""
+
+    name: str
+    label: str
+    build: Callable[[], tuple[Any, Any]]
+    trainer: dict[str, Any]
+    repeats: int
+
+
+def workloads(ctx: Context) -> list[Workload]:
+    from benchmarks.models import SyntheticImages, WideMLP
+    from training_manager_lab.examples.digits import DigitsData, DigitsMLP
+
+    wide_steps = ctx.size(100, 5)
+    return [
+        Workload(
+            "digits",
+            "digits MLP",
+            lambda: (DigitsMLP(), DigitsData()),
+            {"max_epochs": ctx.size(10, 1)},
+            ctx.size(5, 1),
+        ),
+        Workload(
+            "wide",
+            "wide MLP",
+            lambda: (WideMLP(), SyntheticImages(samples=64 * wide_steps)),
+            {"max_steps": wide_steps},
+            ctx.size(3, 1),
+        ),
+    ]
+
+
+class Fitter:
+    """Fits a workload in one of the variants and returns the seconds ``trainer.fit`` took."""
+
+    def __init__(self, ctx: Context) -> None:
+        from training_manager_lab.store import JobStore
+
+        self.ctx = ctx
+        self.root = ctx.folder("b1")
+        self.state_dir = self.root / "state"
+        (self.state_dir / "jobs").mkdir(parents=True, exist_ok=True)
+        # Two stores, so that the stock logger and the bridge never wait on each other's
+        # locks; both exist before any clock starts.
+        self.mlflow_uri = ctx.mlflow_store(self.root / "mlflow-stock.db")
+        self.bridge_uri = ctx.mlflow_store(self.state_dir / "mlflow.db")
+        self.store = JobStore(self.state_dir / "jobs.db")
+        self.bridge_lags: list[float] = []
+
+    def fit(self, work: Workload, variant: str) -> tuple[float, int]:
+        import lightning.pytorch as pl
+
+        pl.seed_everything(0, verbose=False)
+        model, data = work.build()
+        folder = self.root / f"{work.name}-{variant}-{uuid.uuid4().hex[:6]}"
+        folder.mkdir()
+        kwargs: dict[str, Any] = {
+            **work.trainer,
+            "accelerator": "cpu",
+            "devices": 1,
+            "log_every_n_steps": 1,
+            "enable_checkpointing": False,
+            "enable_progress_bar": False,
+            "enable_model_summary": False,
+            "default_root_dir": str(folder),
+        }
+        bridge = None
+        if variant == "off":
+            trainer = pl.Trainer(logger=False, **kwargs)
+        elif variant in ("ours", "ours+bridge"):
+            from training_manager_lab.events import EventWriter
+            from training_manager_lab.runtime.callbacks import ProgressCallback, StreamLogger
+
+            if variant == "ours+bridge":
+                folder = self._job_folder(work)
+                bridge = self._start_bridge(folder)
+            writer = EventWriter(folder / "events.jsonl")
+            trainer = pl.Trainer(
+                logger=StreamLogger(writer, str(folder)),
+                callbacks=[ProgressCallback(writer)],
+                **kwargs,
+            )
+        else:
+            from lightning.pytorch.loggers import MLFlowLogger
+
+            options = {"synchronous": False} if variant == "mlflow-async" else {}
+            logger = MLFlowLogger(
+                experiment_name=f"bench-{work.name}", tracking_uri=self.mlflow_uri, **options
+            )
+            trainer = pl.Trainer(logger=logger, **kwargs)
+
+        started = time.perf_counter()
+        trainer.fit(model, datamodule=data)
+        if variant == "mlflow-async":
+            import mlflow
+
+            mlflow.flush_async_logging()
+        seconds = time.perf_counter() - started
+
+        if bridge is not None:
+            self._stop_bridge(folder, bridge)
+        return seconds, int(trainer.global_step)
+
+    def _job_folder(self, work: Workload) -> Path:
+        job_id = uuid.uuid4().hex[:12]
+        folder = self.state_dir / "jobs" / job_id
+        folder.mkdir()
+        spec = {
+            "name": f"bench-{work.name}",
+            "experiment": "bench-bridge",
+            "trainer": work.trainer,
+            "devices": 1,
+            "strategy": "auto",
+        }
+        launch = {
+            "job_id": job_id,
+            "state_dir": str(self.state_dir),
+            "tracking_uri": self.bridge_uri,
+            "spec": spec,
+            "allocation": {"node": "localhost", "gpus": [], "cpu_slots": 1},
+            "accelerator": "cpu",
+            "world_size": 1,
+            "nodes": 1,
+        }
+        (folder / "launch.json").write_text(json.dumps(launch))
+        self.store.insert(
+            {
+                "id": job_id,
+                "name": spec["name"],
+                "experiment": spec["experiment"],
+                "request": {"devices": 1},
+                "spec": spec,
+                "tracking_uri": self.bridge_uri,
+            }
+        )
+        self.store.transition(job_id, "running")
+        return folder
+
+    def _start_bridge(self, folder: Path) -> subprocess.Popen[str]:
+        from benchmarks.bridge import READY_FILE
+
+        process = subprocess.Popen(
+            [sys.executable, "-m", "benchmarks.bridge", "--job-dir", str(folder)],
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            stderr=open(folder / "bridge.log", "w"),
+            text=True,
+        )
+        deadline = time.monotonic() + 120
+        while not (folder / READY_FILE).exists():
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"the bridge process did not start; see {folder / 'bridge.log'}")
+            time.sleep(0.05)
+        return process
+
+    def _stop_bridge(self, folder: Path, process: subprocess.Popen[str]) -> None:
+        from benchmarks.bridge import STOP_FILE
+
+        (folder / STOP_FILE).touch()
+        out, _ = process.communicate(timeout=120)
+        if process.returncode != 0:
+            raise RuntimeError(f"the bridge process failed; see {folder / 'bridge.log'}")
+        self.bridge_lags.append(float(json.loads(out.strip().splitlines()[-1])["catch_up_seconds"]))
+
+
+def run(ctx: Context) -> list[Row]:
+    one_thread()
+    fitter = Fitter(ctx)
+    rows: list[Row] = []
+    if not ctx.smoke:
+        # The first fit of each variant pays for imports and first-use set-up.
+        from training_manager_lab.examples.digits import DigitsData, DigitsMLP
+
+        warm_up = Workload("warm-up", "", lambda: (DigitsMLP(), DigitsData()), {"max_steps": 3}, 1)
+        for variant in VARIANTS:
+            say(f"B1 warm-up fit: {variant}")
+            fitter.fit(warm_up, variant)
+    for work in workloads(ctx):
+        times: dict[str, list[float]] = {variant: [] for variant in VARIANTS}
+        steps = 0
+        for repeat in range(work.repeats):
+            # Round-robin, so that a slow spell of a shared machine hits every variant.
+            order = VARIANTS if repeat % 2 == 0 else tuple(reversed(VARIANTS))
+            for variant in order:
+                say(f"B1 {work.label}: {variant} ({repeat + 1}/{work.repeats})")
+                seconds, steps = fitter.fit(work, variant)
+                times[variant].append(seconds)
+        base = median(times["off"]) / steps * 1000
+        for variant in VARIANTS:
+            per_step = median(times[variant]) / steps * 1000
+            targeted = variant in ("ours", "ours+bridge")
+            detail: dict[str, Any] = {"steps": steps, "fit_seconds": times[variant]}
+            if variant == "ours+bridge":
+                detail["bridge_catch_up_seconds"] = fitter.bridge_lags[-work.repeats :]
+            rows.append(
+                Row(
+                    "B1",
+                    f"B1.{work.name}.{variant}",
+                    f"{work.label}, {steps} steps: {LABELS[variant]}",
+                    per_step,
+                    "ms/step",
+                    baseline=base,
+                    baseline_name="logging off",
+                    target=f"<= {TARGET_RATIO}x" if targeted else None,
+                    target_on="ratio",
+                    target_limit=TARGET_RATIO if targeted else None,
+                    detail=detail,
+                )
+            )
+    return rows
