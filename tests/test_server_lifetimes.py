@@ -392,6 +392,7 @@ def test_server_restart_readopts_a_running_job_and_records_a_lost_one(
 
     assert survivor_alive
     assert after_restart["status"] == "running" and after_restart["pid"] == survivor_pid
+    assert f"re-adopted running jobs: {survivor['id']}" in server.log.read_text()
     assert lost_after["status"] == "failed"
     assert lost_after["reason"] == LOST_REASON
     # No process of the lost job is left to write its end; the stream still ends with it.
