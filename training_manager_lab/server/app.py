@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +61,8 @@ class TrainingManagerApp(ExtensionApp):
         from ..manager import JobManager
         from ..spec import resolve_reference
 
+        self._unroute_logs = _route_package_logs(self.log)
+
         state_dir = (
             self.state_dir
             or os.environ.get("TML_STATE_DIR")
@@ -96,3 +100,43 @@ class TrainingManagerApp(ExtensionApp):
         manager = self.settings.get("tml_manager")
         if manager is not None:
             manager.stop()
+        unroute = getattr(self, "_unroute_logs", None)
+        if unroute is not None:
+            unroute()
+
+
+def _route_package_logs(
+    server_log: logging.Logger | logging.LoggerAdapter[Any],
+) -> Callable[[], None] | None:
+    """Send the package's records (a job queued, started, re-adopted, lost) to the server's log.
+
+    The package logs through ``logging.getLogger(__name__)``; Jupyter only gives its own
+    loggers a handler, so without this an operator never sees them. Nothing changes when
+    the package's logger is configured already or records reach the root logger's handlers.
+
+    Returns:
+        A function that undoes the routing (when the extension stops), or None.
+    """
+    package = logging.getLogger("training_manager_lab")
+    if package.handlers:
+        return None
+    logger: logging.Logger | None = getattr(server_log, "logger", server_log)
+    while logger is not None and not logger.handlers and logger.propagate:
+        logger = logger.parent
+    if logger is None or logger is logging.getLogger() or not logger.handlers:
+        return None
+    handlers = list(logger.handlers)
+    level, propagate = package.level, package.propagate
+    for handler in handlers:
+        package.addHandler(handler)
+    if level == logging.NOTSET:
+        package.setLevel(logging.INFO)
+    package.propagate = False
+
+    def undo() -> None:
+        for handler in handlers:
+            package.removeHandler(handler)
+        package.setLevel(level)
+        package.propagate = propagate
+
+    return undo
