@@ -224,7 +224,7 @@ def test_local_jobs_do_not_inherit_an_enclosing_job() -> None:
 
 
 def test_resources_show_holders_and_the_queue(four_gpus: JobManager) -> None:
-    running = four_gpus.launch(spec(3, steps=300, name="holder"))
+    running = four_gpus.launch(spec(3, steps=6000, name="holder"))
     waiting = four_gpus.launch(spec(2, name="waiter"))
 
     view = four_gpus.resources()
