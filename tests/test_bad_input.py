@@ -152,12 +152,6 @@ def unknown_job(world: World) -> Outcome:
 
 P, R = "python", "rest"
 
-COERCED = pytest.mark.xfail(
-    strict=True,
-    reason="tml.launch() calls dict() on trainer and cluster_options before validating them, "
-    "so a list or a string ends in a bare TypeError/ValueError from dict(), or is accepted",
-)
-
 CASES = [
     # Malformed specs.
     pytest.param(
@@ -258,7 +252,6 @@ CASES = [
         "JobSpecError",
         "trainer must be a dict",
         id="trainer-a-list",
-        marks=COERCED,
     ),
     pytest.param(
         P,
@@ -273,7 +266,6 @@ CASES = [
         "JobSpecError",
         "cluster_options must be a dict",
         id="cluster-options-a-string",
-        marks=COERCED,
     ),
     pytest.param(
         R,

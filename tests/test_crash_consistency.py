@@ -158,11 +158,6 @@ def test_killing_everything_while_events_are_written_keeps_the_stream(
     )  # fmt: skip
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="EventWriter appends after a torn last line, so the first event written after a "
-    "crash is glued to the fragment and lost to every reader",
-)
 def test_an_event_written_after_a_torn_line_is_not_lost(tmp_path: Path) -> None:
     path = tmp_path / EVENTS_FILE
     with EventWriter(path) as writer:

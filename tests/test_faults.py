@@ -130,11 +130,6 @@ def test_kill_one_rank(tml_server: JupyterServer, server_client: Any, bystander:
     assert orphans == 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="when a rank is killed by a signal, the job's reason blames the peer rank whose "
-    "collective broke ('Connection reset by peer') instead of the killed rank",
-)
 def test_the_reason_names_the_rank_that_was_killed() -> None:
     if not KILLED_RANKS:
         pytest.skip("test_kill_one_rank did not run")
@@ -173,11 +168,6 @@ def test_kill_the_supervisor(tml_server: JupyterServer, server_client: Any, byst
     assert orphans == 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a job whose supervisor is killed keeps an MLflow run RUNNING, misses the last "
-    "metric batch in MLflow and its stream never gets a status event",
-)
 def test_a_killed_supervisors_run_and_stream_are_closed_out(tml_server: JupyterServer) -> None:
     if not KILLED_SUPERVISORS:
         pytest.skip("test_kill_the_supervisor did not run")

@@ -83,14 +83,14 @@ def launch(
         name=job_name,
         experiment=experiment or job_name,
         entry=entry,
-        trainer=dict(trainer or {}),
+        trainer=_copied(trainer),
         devices=devices,
         accelerator=accelerator,
         strategy=strategy,
         memory=memory,
         priority=priority,
         cluster=cluster,
-        cluster_options=dict(cluster_options or {}),
+        cluster_options=_copied(cluster_options),
         cwd=cwd,
         lineage=lineage_of(model, datamodule),
         stall_timeout=stall_timeout,
@@ -150,6 +150,13 @@ def resources() -> Any:
 
     client = get_client()
     return ResourcesView(client.resources, end_process=client.end_process)
+
+
+def _copied(value: Any) -> Any:
+    """A copy of a dict argument; anything else is passed on for the spec to refuse by name."""
+    if value is None:
+        return {}
+    return dict(value) if isinstance(value, dict) else value
 
 
 def _default_name(model: Any) -> str:

@@ -49,6 +49,10 @@ class EventWriter:
         self.path = Path(path)
         self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         self._lock = threading.Lock()
+        # A crash (or a full disk) can leave the last line cut short; end it, so that the
+        # first event written now is not glued to the fragment and lost to every reader.
+        if _ends_mid_line(self.path):
+            os.write(self._fd, b"\n")
 
     def write(self, *events: dict[str, Any]) -> None:
         """Append events; each gets a timestamp ``t`` unless it has one."""
@@ -76,6 +80,14 @@ class EventWriter:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _ends_mid_line(path: Path) -> bool:
+    with open(path, "rb") as stream:
+        if stream.seek(0, os.SEEK_END) == 0:
+            return False
+        stream.seek(-1, os.SEEK_END)
+        return stream.read(1) != b"\n"
 
 
 def read_events(

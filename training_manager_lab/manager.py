@@ -415,6 +415,38 @@ class JobManager:
             error = fresh.get("error") or {"rank": None, "message": why, "traceback": None}
             if self.store.transition(record["id"], status, why, error=error):
                 log.warning("job %s: %s (%s)", record["id"], status, why)
+                self._close_out(fresh, status, why)
+
+    def _close_out(self, record: dict[str, Any], status: str, reason: str | None) -> None:
+        """Finish what a job's dead supervisor could not: its MLflow run and its event stream.
+
+        The supervisor forwards metrics to MLflow once a second, so up to a second of them
+        had not reached the run; MLflow skips metrics it already holds, so the whole stream
+        is forwarded again. The stream then ends with a status event, as a supervisor ends it,
+        so that every reader following it stops.
+        """
+        from .events import EVENTS_FILE, EventWriter, read_events
+
+        path = job_folder(self.state_dir, record["id"]) / EVENTS_FILE
+        try:
+            if record.get("run_id"):
+                from .tracking import Tracker
+
+                metrics: list[dict[str, Any]] = []
+                cursor = 0
+                while True:
+                    events, cursor = read_events(path, cursor)
+                    if not events:
+                        break
+                    metrics.extend(e for e in events if e.get("type") == "metric")
+                tracker = Tracker(record.get("tracking_uri") or self.tracking_uri)
+                tracker.log_metric_events(record["run_id"], metrics)
+                tracker.end_run(record["run_id"], status)
+            if path.parent.is_dir():
+                with EventWriter(path) as writer:
+                    writer.write({"type": "status", "status": status, "reason": reason})
+        except Exception:
+            log.exception("job %s: could not close out its MLflow run and stream", record["id"])
 
     def _copy_cluster_reason(self, backend: Any, record: dict[str, Any]) -> None:
         try:

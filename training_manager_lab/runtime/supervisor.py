@@ -207,6 +207,9 @@ class Supervisor:
         }
 
     def _first_error(self, failed: list[int]) -> dict[str, Any]:
+        killed = self._killed_rank(failed)
+        if killed is not None:
+            return killed
         errors = []
         for index in failed if self.launcher == "local" else range(int(self.launch["world_size"])):
             path = error_file(self.job_dir, index)
@@ -229,6 +232,28 @@ class Supervisor:
             "message": f"rank {rank} exited with code {code} without a Python traceback",
             "traceback": tail,
         }
+
+    def _killed_rank(self, failed: list[int]) -> dict[str, Any] | None:
+        """A rank that a signal ended (SIGKILL by the OOM killer or by hand) without a traceback.
+
+        Its peers then fail in their next collective ("Connection reset by peer") and write
+        tracebacks of their own; the job's reason must name the rank that was killed instead.
+        """
+        if self.launcher != "local":
+            return None
+        for rank in failed:
+            code = self.ranks[rank].returncode
+            if code is not None and code < 0 and not error_file(self.job_dir, rank).exists():
+                try:
+                    name = signal.Signals(-code).name
+                except ValueError:
+                    name = f"signal {-code}"
+                return {
+                    "rank": rank,
+                    "message": f"rank {rank} was killed by {name} (exit code {code})",
+                    "traceback": _tail(self.job_dir / f"rank-{rank}.log"),
+                }
+        return None
 
     def _stop_ranks(self) -> None:
         me = psutil.Process()
