@@ -44,6 +44,7 @@ def gpu_node(
     monkeypatch.setenv("TML_LOCAL_BACKEND", "tests.tiny_jobs:TinyBackend")
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    monkeypatch.delenv("SLURM_CONF", raising=False)  # this node only, not a cluster beside it
     nvml.set_probe(nvml.RecordedProbe(str(DATA / recording)))
     return JobManager(
         tmp_path / "state",
