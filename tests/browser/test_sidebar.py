@@ -241,7 +241,7 @@ def test_filter_by_status_and_copy_the_reattach_line_by_keyboard(page: Any, lab:
     lab.api("POST", f"jobs/{job_id}/cancel", {})
     panel = open_panel(page, lab)
     row = job_row(panel, job_id)
-    row.and_(page.locator('[data-status="cancelled"]')).wait_for(timeout=30_000)
+    row.and_(page.locator('[data-status="cancelled"]')).wait_for(timeout=60_000)
 
     panel.get_by_label("Show jobs with status").select_option("cancelled")
     row.wait_for(timeout=30_000)
