@@ -15,6 +15,7 @@ from pytest_jupyter.jupyter_server import *  # noqa: F403
 from tests.conftest_server import *  # noqa: F403
 from tests.conftest_server import (
     LONG_SPEC,
+    SHORT_SPEC,
     JobCache,
     aiotest,
     all_events,
@@ -54,7 +55,7 @@ async def test_create_with_module_entry_runs_to_success(jp_fetch: Any, job_cache
     # The long job starts now too, so that it is well under way for the tests that need it.
     await job_cache.launched(jp_fetch, "long", LONG_SPEC)
 
-    created_id = await job_cache.launched(jp_fetch, "short", SHORT_SPEC)  # noqa: F405
+    created_id = await job_cache.launched(jp_fetch, "short", SHORT_SPEC)
     created = job_cache.created["short"]
     record = await short_job(jp_fetch, job_cache)
 
@@ -346,7 +347,7 @@ async def test_resources_and_config(jp_fetch: Any, server_state_dir: Path) -> No
 
 @aiotest
 async def test_errors_are_json_with_status(jp_fetch: Any) -> None:
-    spec = dict(SHORT_SPEC)  # noqa: F405
+    spec = dict(SHORT_SPEC)
     cases = [
         (("jobs", "0123456789ab"), "GET", None, 404, "not found", "0123456789ab"),
         (("jobs", "not-an-id"), "GET", None, 404, "not found", "not-an-id"),

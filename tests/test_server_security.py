@@ -23,6 +23,7 @@ from tornado.httpclient import HTTPClientError, HTTPRequest
 
 from tests.conftest_server import *  # noqa: F403
 from tests.conftest_server import (
+    API,
     SHORT_SPEC,
     aiotest,
     call,
@@ -232,7 +233,7 @@ async def test_a_symlinked_event_stream_is_not_served(
 
     code, body, response = await call(jp_fetch, "jobs", job_id, "events")
     with pytest.raises(HTTPClientError) as refusal:
-        ws = await jp_ws_fetch(*API, "jobs", job_id, "stream")  # noqa: F405
+        ws = await jp_ws_fetch(*API, "jobs", job_id, "stream")
         message = await asyncio.wait_for(ws.read_message(), 5)
         assert_nothing_leaks((message or "").encode())
 
@@ -258,7 +259,7 @@ async def test_a_symlinked_job_folder_is_not_served(
         assert_nothing_leaks(response.body)
         answers.append((code, body["error"]))
     with pytest.raises(HTTPClientError) as refusal:
-        await jp_ws_fetch(*API, "jobs", job_id, "stream")  # noqa: F405
+        await jp_ws_fetch(*API, "jobs", job_id, "stream")
     code, _, _ = await call(jp_fetch, "jobs", job_id, method="DELETE")
 
     assert set(answers) == {(400, "bad request")}
