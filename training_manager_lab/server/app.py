@@ -120,7 +120,9 @@ def _route_package_logs(
     package = logging.getLogger("training_manager_lab")
     if package.handlers:
         return None
-    logger: logging.Logger | None = getattr(server_log, "logger", server_log)
+    logger: logging.Logger | None = (
+        server_log.logger if isinstance(server_log, logging.LoggerAdapter) else server_log
+    )
     while logger is not None and not logger.handlers and logger.propagate:
         logger = logger.parent
     if logger is None or logger is logging.getLogger() or not logger.handlers:
