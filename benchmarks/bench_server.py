@@ -8,7 +8,7 @@
 - Streaming: a pre-written ``events.jsonl`` of a finished job is replayed over the websocket
   (``WS jobs/<id>/stream``) until the server closes it; the baseline reads the same file with
   ``read_events`` in process.
-- Sampling: the CPU time of one resource sample (``resources.history.sample_cost``).
+- Sampling: the CPU time of one resource sample (``devices.history.sample_cost``).
 """
 
 from __future__ import annotations
@@ -259,7 +259,7 @@ def run(ctx: Context) -> list[Row]:
 
     from training_manager_lab.events import read_events
     from training_manager_lab.manager import JobManager
-    from training_manager_lab.resources.history import sample_cost
+    from training_manager_lab.devices.history import sample_cost
 
     folder = ctx.folder("b5")
     state = folder / "state"

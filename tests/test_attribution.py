@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import psutil
 import pytest
 
-from training_manager_lab.resources.attribution import (
+from training_manager_lab.devices.attribution import (
     ProcessRefused,
     attribute,
     end_process,
@@ -19,8 +19,8 @@ from training_manager_lab.resources.attribution import (
     gpu_processes,
     tree_usage,
 )
-from training_manager_lab.resources.history import Sampler
-from training_manager_lab.resources.nvml import RecordedProbe, set_probe
+from training_manager_lab.devices.history import Sampler
+from training_manager_lab.devices.nvml import RecordedProbe, set_probe
 
 MiB = 1024**2
 GiB = 1024**3

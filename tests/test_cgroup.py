@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from training_manager_lab.resources.cgroup import CgroupLimits, CgroupReader, read_limits
-from training_manager_lab.resources.inventory import InventoryReader
-from training_manager_lab.resources.nvml import RecordedProbe, set_probe
+from training_manager_lab.devices.cgroup import CgroupLimits, CgroupReader, read_limits
+from training_manager_lab.devices.inventory import InventoryReader
+from training_manager_lab.devices.nvml import RecordedProbe, set_probe
 
 TREES = Path(__file__).parent / "data" / "cgroup"
 GiB = 1024**3

@@ -16,16 +16,16 @@ from typing import Any
 import pynvml
 import pytest
 
-from training_manager_lab.resources import nvml
-from training_manager_lab.resources.cgroup import CgroupReader
-from training_manager_lab.resources.history import Sampler, sample_cost
-from training_manager_lab.resources.inventory import (
+from training_manager_lab.devices import nvml
+from training_manager_lab.devices.cgroup import CgroupReader
+from training_manager_lab.devices.history import Sampler, sample_cost
+from training_manager_lab.devices.inventory import (
     InventoryReader,
     allocatable_gpus,
     local_inventory,
     visible_gpu_indices,
 )
-from training_manager_lab.resources.nvml import (
+from training_manager_lab.devices.nvml import (
     GpuReader,
     NvmlProbe,
     RecordedProbe,
@@ -131,7 +131,7 @@ def test_missing_nvidia_ml_py_package_is_reported(monkeypatch: pytest.MonkeyPatc
 
 def test_a_server_in_a_subprocess_reads_the_recording_named_by_the_environment() -> None:
     code = (
-        "import json; from training_manager_lab.resources import local_inventory; "
+        "import json; from training_manager_lab.devices import local_inventory; "
         "inv = local_inventory(); print(json.dumps([len(inv['gpus']), inv['gpu_error']]))"
     )
     env = {**os.environ, "PYTHONPATH": str(REPO)}

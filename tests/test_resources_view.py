@@ -11,10 +11,10 @@ from typing import Any
 import ipywidgets
 import pytest
 
-from training_manager_lab.resources.cgroup import CgroupReader
-from training_manager_lab.resources.history import Sampler
-from training_manager_lab.resources.inventory import InventoryReader
-from training_manager_lab.resources.nvml import RecordedProbe, set_probe
+from training_manager_lab.devices.cgroup import CgroupReader
+from training_manager_lab.devices.history import Sampler
+from training_manager_lab.devices.inventory import InventoryReader
+from training_manager_lab.devices.nvml import RecordedProbe, set_probe
 from training_manager_lab.widgets.resources_view import ResourcesView, sparkline
 
 DATA = Path(__file__).parent / "data"

@@ -16,7 +16,7 @@ import pytest
 
 from training_manager_lab.errors import ResourceUnavailable
 from training_manager_lab.manager import JobManager
-from training_manager_lab.resources import nvml
+from training_manager_lab.devices import nvml
 from training_manager_lab.runtime.environment import clean_environment
 from training_manager_lab.store import ALLOWED, TERMINAL
 

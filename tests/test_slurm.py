@@ -15,7 +15,7 @@ import pytest
 
 from training_manager_lab.backends.slurm import SlurmBackend, ending_outcome, outcome
 from training_manager_lab.errors import JobSpecError, ResourceUnavailable
-from training_manager_lab.resources.slurm_nodes import (
+from training_manager_lab.devices.slurm_nodes import (
     SlurmCli,
     exit_code,
     job_state,

@@ -16,7 +16,7 @@ from training_manager_lab.backends.slurm import (
     submission_script,
 )
 from training_manager_lab.errors import JobSpecError
-from training_manager_lab.resources.slurm_nodes import SlurmUnavailable
+from training_manager_lab.devices.slurm_nodes import SlurmUnavailable
 
 JOB_ID = "0123456789ab"
 

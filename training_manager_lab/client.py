@@ -91,7 +91,7 @@ class EmbeddedClient:
 
     def end_process(self, pid: int) -> dict[str, Any]:
         """End a GPU process that belongs to no job and no kernel (an orphan)."""
-        from .resources.attribution import end_process
+        from .devices.attribution import end_process
 
         orphans = self.manager.resources()["orphans"]
         outcome = end_process(int(pid), allowed={int(o["pid"]) for o in orphans})

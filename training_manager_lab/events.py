@@ -104,11 +104,13 @@ def read_events(
     if cursor < 0:
         raise ValueError(f"cursor must be a byte offset of 0 or more, got {cursor}")
     try:
-        with open(path, "rb") as stream:
-            stream.seek(cursor)
-            data = stream.read(limit)
+        # Never through a symbolic link: a stream is a plain file in its job's folder.
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
     except FileNotFoundError:
         return [], cursor
+    with os.fdopen(fd, "rb") as stream:
+        stream.seek(cursor)
+        data = stream.read(limit)
     end = data.rfind(b"\n")
     if end < 0:
         return [], cursor

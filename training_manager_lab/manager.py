@@ -160,6 +160,7 @@ class JobManager:
         if record["status"] == "queued" and record["backend"] == "local":
             if self.store.transition(job_id, "cancelled", "cancelled by the user"):
                 log.info("job %s cancelled while queued", job_id)
+                self._end_stream(job_id, "cancelled", "cancelled by the user")
                 return self.store.get(job_id)
             record = self.get(job_id)
         backend = self._backend(record["backend"])
@@ -173,20 +174,40 @@ class JobManager:
             if record["status"] in TERMINAL:
                 return record
             if record["backend"] == "local" and record.get("pid") and not backend.alive(record):
-                self.store.transition(job_id, "cancelled", "cancelled by the user")
+                if self.store.transition(job_id, "cancelled", "cancelled by the user"):
+                    self._end_stream(job_id, "cancelled", "cancelled by the user")
                 return self.get(job_id)
             time.sleep(0.1)
         if record["backend"] == "local":
             backend.kill(record)
-            self.store.transition(job_id, "cancelled", "cancelled by the user (killed)")
+            reason = "cancelled by the user (killed)"
+            if self.store.transition(job_id, "cancelled", reason):
+                self._end_stream(job_id, "cancelled", reason)
         return self.get(job_id)
+
+    def _end_stream(self, job_id: str, status: str, reason: str | None) -> None:
+        """Close a job's event stream with its final status, as its supervisor would."""
+        from .events import EVENTS_FILE, EventWriter
+
+        folder = job_folder(self.state_dir, job_id)
+        if not folder.is_dir() or folder.is_symlink():
+            return
+        try:
+            with EventWriter(folder / EVENTS_FILE) as writer:
+                writer.write({"type": "status", "status": status, "reason": reason})
+        except OSError:
+            log.exception("job %s: could not close its event stream", job_id)
 
     def delete(self, job_id: str) -> None:
         """Delete a finished job's record and folder."""
         record = self.get(job_id)
         if record["status"] not in TERMINAL:
             raise JobConflict(f"job {job_id} is {record['status']}; cancel it before deleting it")
-        shutil.rmtree(job_folder(self.state_dir, job_id), ignore_errors=True)
+        folder = job_folder(self.state_dir, job_id)
+        if folder.is_symlink():
+            folder.unlink()
+        else:
+            shutil.rmtree(folder, ignore_errors=True)
         self.store.delete(job_id)
         log.info("job %s deleted", job_id)
 
@@ -199,7 +220,7 @@ class JobManager:
         """What local jobs may use now: visible GPUs, CPU slots, memory."""
         if self._fixed_capacity is not None:
             return self._fixed_capacity
-        from .resources.inventory import local_inventory
+        from .devices.inventory import local_inventory
 
         inventory = local_inventory()
         visible = inventory.get("gpu_visible", [])
@@ -228,8 +249,8 @@ class JobManager:
                 hold is attributed to them rather than reported as orphaned.
         """
         from .backends.local import job_processes
-        from .resources.attribution import attribute
-        from .resources.inventory import local_inventory
+        from .devices.attribution import attribute
+        from .devices.inventory import local_inventory
 
         inventory = self._sampler.latest() if self._sampler is not None else local_inventory()
         holders: dict[str, list[dict[str, Any]]] = {}
@@ -425,7 +446,7 @@ class JobManager:
         is forwarded again. The stream then ends with a status event, as a supervisor ends it,
         so that every reader following it stops.
         """
-        from .events import EVENTS_FILE, EventWriter, read_events
+        from .events import EVENTS_FILE, read_events
 
         path = job_folder(self.state_dir, record["id"]) / EVENTS_FILE
         try:
@@ -442,9 +463,7 @@ class JobManager:
                 tracker = Tracker(record.get("tracking_uri") or self.tracking_uri)
                 tracker.log_metric_events(record["run_id"], metrics)
                 tracker.end_run(record["run_id"], status)
-            if path.parent.is_dir():
-                with EventWriter(path) as writer:
-                    writer.write({"type": "status", "status": status, "reason": reason})
+            self._end_stream(record["id"], status, reason)
         except Exception:
             log.exception("job %s: could not close out its MLflow run and stream", record["id"])
 
@@ -471,7 +490,7 @@ class JobManager:
         self._stopping.clear()
         self._tracking_ready.clear()
         threading.Thread(target=self._prepare_tracking, name="tml-tracking", daemon=True).start()
-        from .resources.history import Sampler
+        from .devices.history import Sampler
 
         self._sampler = Sampler(interval=1.0, window=600.0).start()
         self._thread = threading.Thread(

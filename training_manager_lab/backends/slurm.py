@@ -14,8 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import training_manager_lab
-from training_manager_lab.errors import BackendError, JobSpecError, ResourceUnavailable
-from training_manager_lab.resources.slurm_nodes import (
+from training_manager_lab.devices.slurm_nodes import (
     MIB,
     SlurmCli,
     SlurmUnavailable,
@@ -27,6 +26,7 @@ from training_manager_lab.resources.slurm_nodes import (
     slurm_message,
     submission_environment,
 )
+from training_manager_lab.errors import BackendError, JobSpecError, ResourceUnavailable
 
 from .base import Launched
 

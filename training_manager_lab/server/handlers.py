@@ -471,7 +471,7 @@ class OrphanHandler(BaseHandler):
     @authorized
     @_domain_errors
     async def delete(self, pid: str) -> None:
-        from ..resources.attribution import current_gpu_processes, end_process, find_orphans
+        from ..devices.attribution import current_gpu_processes, end_process, find_orphans
 
         kernels = {k["pid"] for k in self.kernels() if k["pid"]}
         owned = await self.run(self.manager._owned_pids) | kernels

@@ -18,7 +18,7 @@ or the index (as int or text); holders found under several keys of one GPU are m
 per job, kernel or pid. A holder is ``{"job_id": str, "name": str | None}`` for a job,
 ``{"kernel_id": str, "name": str | None}`` for a kernel of this server, or ``{"pid": int,
 "name": str | None}`` for anything else, each optionally with ``"used_memory"`` (bytes on that
-GPU); ``resources.attribution.attribute()`` computes them from the GPU processes. A ``series`` is
+GPU); ``devices.attribution.attribute()`` computes them from the GPU processes. A ``series`` is
 ``{"t": [...], "cpu_percent": [...], "memory_percent": [...], "gpus": {uuid or index as text:
 {"index": i, "utilization": [...], "memory_used": [...]}}}``. An inventory GPU value that is
 None is shown as "n/a".

@@ -1,6 +1,6 @@
 """Resource inventory of a node (CPU, memory, GPUs through one NVML seam) and usage attribution."""
 
-from training_manager_lab.resources.attribution import (
+from training_manager_lab.devices.attribution import (
     ProcessRefused,
     attribute,
     end_process,
@@ -8,13 +8,13 @@ from training_manager_lab.resources.attribution import (
     gpu_processes,
     tree_usage,
 )
-from training_manager_lab.resources.history import Sampler, sample_cost
-from training_manager_lab.resources.inventory import (
+from training_manager_lab.devices.history import Sampler, sample_cost
+from training_manager_lab.devices.inventory import (
     allocatable_gpus,
     local_inventory,
     visible_gpu_indices,
 )
-from training_manager_lab.resources.nvml import (
+from training_manager_lab.devices.nvml import (
     GpuProbe,
     NvmlProbe,
     RecordedProbe,

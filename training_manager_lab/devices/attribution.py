@@ -11,8 +11,8 @@ from typing import Any
 
 import psutil
 
+from training_manager_lab.devices.nvml import get_reader
 from training_manager_lab.errors import JobConflict
-from training_manager_lab.resources.nvml import get_reader
 
 logger = logging.getLogger(__name__)
 

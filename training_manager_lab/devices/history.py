@@ -9,8 +9,8 @@ from collections import deque
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from training_manager_lab.resources.attribution import TreeMeter, gpu_processes
-from training_manager_lab.resources.inventory import InventoryReader
+from training_manager_lab.devices.attribution import TreeMeter, gpu_processes
+from training_manager_lab.devices.inventory import InventoryReader
 
 logger = logging.getLogger(__name__)
 

@@ -12,8 +12,8 @@ from typing import Any
 
 import psutil
 
-from training_manager_lab.resources.cgroup import CgroupLimits, CgroupReader
-from training_manager_lab.resources.nvml import GpuReader, get_reader
+from training_manager_lab.devices.cgroup import CgroupLimits, CgroupReader
+from training_manager_lab.devices.nvml import GpuReader, get_reader
 
 logger = logging.getLogger(__name__)
 
