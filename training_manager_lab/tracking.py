@@ -594,11 +594,19 @@ class Tracker:
             requirements.append(f"lightning=={lightning.__version__}")
         except ImportError:
             pass
+        # MLflow files a new logged model under the active experiment (the default one, with
+        # its artifacts in ./mlruns of the working folder), not the run's; create it in the
+        # run's experiment so its artifacts live beside the run's.
+        experiment_id = self.client.get_run(run_id).info.experiment_id
+        logged = self.client.create_logged_model(
+            experiment_id=experiment_id, name="model", source_run_id=run_id
+        )
         with _global_uris(self.tracking_uri):
             info = mlflow.pytorch.log_model(
                 model,
                 name="model",
                 run_id=run_id,
+                model_id=logged.model_id,
                 pip_requirements=requirements,
                 # MLflow 3 defaults to a traced graph, which needs an input example and cannot
                 # hold a LightningModule's Python logic; pickle keeps the module as it is.
