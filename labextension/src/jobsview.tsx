@@ -162,7 +162,7 @@ function JobRow(props: IJobRowProps): JSX.Element {
           <span title="Number of ranks">world {worldSize}</span>
         )}
         {job.status === 'queued' && typeof job.queue_position === 'number' && (
-          <span>queue #{job.queue_position + 1}</span>
+          <span>queue #{job.queue_position}</span>
         )}
         {!isActive(job.status) && job.started_at && job.ended_at && (
           <span title="Run time">
