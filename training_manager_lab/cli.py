@@ -86,7 +86,12 @@ def _print_output(output: dict[str, Any]) -> None:
     if kind == "stream":
         sys.stdout.write(output.get("text", ""))
     elif kind in ("execute_result", "display_data"):
-        text = output.get("data", {}).get("text/plain")
+        data = output.get("data", {})
+        if "application/vnd.jupyter.widget-view+json" in data:
+            name = str(data.get("text/plain", "widget")).split("(", 1)[0]
+            print(f"[live widget: {name}; open the notebook in JupyterLab to see it]")
+            return
+        text = data.get("text/plain")
         if text:
             print(text)
     elif kind == "error":
