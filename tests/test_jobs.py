@@ -155,6 +155,12 @@ def test_cancel_stops_every_rank(client: Any) -> None:
     wait_until(lambda: (job.record().get("progress") or {}).get("step", 0) > 5, what="training")
     processes = job_processes(job.record())
     assert len(processes) >= 3  # the supervisor and two ranks
+    wait_until(
+        lambda: client.resources()["usage"].get(job.id, {}).get("num_procs", 0) >= 3,
+        timeout=30,
+        what="the job's process tree in the resource samples",
+    )
+    assert client.resources()["usage"][job.id]["rss"] > 50 * 2**20
 
     job.cancel()
 

@@ -297,12 +297,25 @@ class JobManager:
             ),
             "queue": queue,
             "allocations": allocations,
+            "usage": {
+                key.split(":", 1)[1]: usage
+                for key, usage in (inventory.get("trees") or {}).items()
+                if key.startswith("job:")
+            },
             "capacity": {
                 "gpus": list(capacity.gpus),
                 "busy_gpus": sorted(capacity.busy_gpus),
                 "cpu_slots": capacity.cpu_slots,
                 "cpu_slots_used": sum((a["allocation"].get("cpu_slots") or 0) for a in allocations),
             },
+        }
+
+    def _job_trees(self) -> dict[str, int]:
+        """The process trees the sampler measures: each running local job's supervisor."""
+        return {
+            f"job:{record['id']}": int(record["pid"])
+            for record in self.store.active()
+            if record["status"] == "running" and record["backend"] == "local" and record["pid"]
         }
 
     def _cluster_resources(self) -> dict[str, Any] | None:
@@ -492,7 +505,7 @@ class JobManager:
         threading.Thread(target=self._prepare_tracking, name="tml-tracking", daemon=True).start()
         from .devices.history import Sampler
 
-        self._sampler = Sampler(interval=1.0, window=600.0).start()
+        self._sampler = Sampler(interval=1.0, window=600.0, trees=self._job_trees).start()
         self._thread = threading.Thread(
             target=self._loop, args=(interval,), name="tml-manager", daemon=True
         )
