@@ -1,5 +1,9 @@
 """The digits fit as a bare script: prints ``FIRST_STEP <epoch seconds>`` when its first step ends.
 
+It also prints ``READY <epoch seconds>`` once it has imported everything and built its Trainer
+(where a job's rank zero writes its ``world`` event) and
+``TRAIN_START <epoch seconds>`` when the fit's training starts, for a breakdown by phase.
+
 B4 runs it with ``python`` and with ``torchrun --nproc_per_node=1`` and compares the time from
 starting the command to that line with the time from ``tml.launch()`` to a job's first metric
 event (also written at the end of the first step). The imports happen inside ``main`` on
@@ -16,6 +20,8 @@ import time
 from pathlib import Path
 
 MARK = "FIRST_STEP"
+READY = "READY"
+TRAIN_START = "TRAIN_START"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -30,6 +36,9 @@ def main(argv: list[str] | None = None) -> int:
     class FirstStep(pl.Callback):
         def __init__(self) -> None:
             self.printed = False
+
+        def on_train_start(self, trainer: pl.Trainer, *args: object) -> None:
+            print(f"{TRAIN_START} {time.time()!r}", flush=True)
 
         def on_train_batch_end(self, trainer: pl.Trainer, *args: object) -> None:
             if not self.printed:
@@ -47,6 +56,7 @@ def main(argv: list[str] | None = None) -> int:
         callbacks=[FirstStep()],
         default_root_dir=str(Path.cwd()),
     )
+    print(f"{READY} {time.time()!r}", flush=True)
     trainer.fit(DigitsMLP(), datamodule=DigitsData())
     return 0
 

@@ -60,8 +60,19 @@ def measure(steps: int, folder: Path) -> dict[str, float]:
     from training_manager_lab.runtime.callbacks import ProgressCallback, StreamLogger
     from training_manager_lab.widgets.job_view import JobView
 
+    class Tenths(pl.Callback):
+        """Clock readings (wall, CPU) at every tenth of the fit."""
+
+        def __init__(self) -> None:
+            self.marks: list[tuple[float, float]] = []
+
+        def on_train_batch_end(self, trainer: pl.Trainer, *args: Any) -> None:
+            if trainer.global_step % max(steps // 10, 1) == 0:
+                self.marks.append((time.perf_counter(), time.process_time()))
+
     process = psutil.Process()
     folder.mkdir(parents=True, exist_ok=True)
+    tenths = Tenths()
     events = folder / "events.jsonl"
     pl.seed_everything(0, verbose=False)
     writer = EventWriter(events)
@@ -75,14 +86,14 @@ def measure(steps: int, folder: Path) -> dict[str, float]:
         enable_progress_bar=False,
         enable_model_summary=False,
         logger=StreamLogger(writer, str(folder)),
-        callbacks=[ProgressCallback(writer)],
+        callbacks=[ProgressCallback(writer), tenths],
         default_root_dir=str(folder),
     )
     gc.collect()
     rss_before = process.memory_info().rss
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     trainer.fit(DigitsMLP(), datamodule=LongDigitsData(steps))
-    wall = time.perf_counter() - started
+    wall, cpu = time.perf_counter() - started, time.process_time() - cpu_started
     gc.collect()
     rss_fit = process.memory_info().rss
     writer.close()
@@ -98,9 +109,17 @@ def measure(steps: int, folder: Path) -> dict[str, float]:
     view.close()
     if count != steps:
         raise RuntimeError(f"the replay found {count} train_loss points, not {steps}")
+    marks = tenths.marks
+    tenth = max(steps // 10, 1)
     return {
         "steps": steps,
         "wall_seconds": wall,
+        "cpu_seconds": cpu,
+        # The second tenth (the first holds the fit's start-up) and the last one.
+        "early_tenth_wall": (marks[1][0] - marks[0][0]) / tenth,
+        "late_tenth_wall": (marks[-1][0] - marks[-2][0]) / tenth,
+        "early_tenth_cpu": (marks[1][1] - marks[0][1]) / tenth,
+        "late_tenth_cpu": (marks[-1][1] - marks[-2][1]) / tenth,
         "events_bytes": events.stat().st_size,
         "rss_before": rss_before,
         "fit_rss_growth": rss_fit - rss_before,
@@ -159,6 +178,34 @@ def run(ctx: Context) -> list[Row]:
     label = f"{int(large['steps']):,} steps"
     base = f"{int(small['steps']):,} steps"
     rows += [
+        Row(
+            "B6",
+            "B6.cpu_per_step",
+            f"monitored digits fit, {label}: CPU time per step",
+            per_step(large, "cpu_seconds") * 1000,
+            "ms/step",
+            baseline=per_step(small, "cpu_seconds") * 1000,
+            baseline_name=base,
+            target=f"<= {TARGET_RATIO}x",
+            target_on="ratio",
+            target_limit=TARGET_RATIO,
+        ),
+        Row(
+            "B6",
+            "B6.late_vs_early_tenth",
+            f"monitored digits fit, {label}: wall time per step in the last tenth",
+            large["late_tenth_wall"] * 1000,
+            "ms/step",
+            baseline=large["early_tenth_wall"] * 1000,
+            baseline_name="its second tenth",
+            target=f"<= {TARGET_RATIO}x",
+            target_on="ratio",
+            target_limit=TARGET_RATIO,
+            detail={
+                "cpu_ms_per_step_late": large["late_tenth_cpu"] * 1000,
+                "cpu_ms_per_step_early": large["early_tenth_cpu"] * 1000,
+            },
+        ),
         Row(
             "B6",
             "B6.events_bytes_per_step",

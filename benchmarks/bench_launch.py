@@ -13,6 +13,7 @@ import os
 import subprocess
 import sys
 import time
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -47,8 +48,14 @@ def first_event_time(job: Any, kind: str = "metric") -> float:
     raise RuntimeError(f"job {job.id} wrote no {kind} event; its record: {job.record()}")
 
 
-def ours(name: str) -> tuple[float, float]:
-    """Launch a job; return seconds for launch() to return and to the job's first step."""
+def ours(name: str) -> tuple[float, dict[str, float]]:
+    """Launch a job; return seconds for launch() to return, and seconds to each phase.
+
+    The phases, from the ``launch()`` call: the supervisor's first log line, the ``world``
+    event (rank zero imported everything, loaded the entry point and built its Trainer), the
+    first ``progress`` event (training starts) and the first ``metric`` event (the first step
+    ended).
+    """
     called = time.time()
     started = time.perf_counter()
     job = launch_digits(name, TRAINER)
@@ -56,12 +63,30 @@ def ours(name: str) -> tuple[float, float]:
     job.wait(timeout=600)
     if job.status != "succeeded":
         raise RuntimeError(f"benchmark job {job.id} {job.status}: {job.record().get('error')}")
-    return returned, first_event_time(job) - called
+    phases = {
+        "ready": first_event_time(job, "world") - called,
+        "train_start": first_event_time(job, "progress") - called,
+        "first_step": first_event_time(job, "metric") - called,
+    }
+    supervisor = supervisor_start(Path(os.environ["TML_STATE_DIR"]) / "jobs" / job.id)
+    if supervisor is not None:
+        phases["supervisor"] = supervisor - called
+    return returned, phases
 
 
-def bare(launcher: str, folder: Path) -> float:
-    """Run the bare script; return seconds from starting it to the end of its first step."""
-    from benchmarks.bare_fit import MARK
+def supervisor_start(folder: Path) -> float | None:
+    """When the job's supervisor wrote its first log line (epoch seconds), if it did."""
+    try:
+        first = (folder / "supervisor.log").read_text().splitlines()[0]
+        stamp = datetime.strptime(first[:23], "%Y-%m-%d %H:%M:%S,%f")
+    except (OSError, IndexError, ValueError):
+        return None
+    return stamp.timestamp()
+
+
+def bare(launcher: str, folder: Path) -> dict[str, float]:
+    """Run the bare script; return seconds from starting it to each of its marks."""
+    from benchmarks.bare_fit import MARK, READY, TRAIN_START
 
     script = str(REPO / "benchmarks" / "bare_fit.py")
     if launcher == "torchrun":
@@ -75,13 +100,23 @@ def bare(launcher: str, folder: Path) -> float:
     result = subprocess.run(
         command, cwd=folder, env=env, capture_output=True, text=True, timeout=600
     )
+    names = {READY: "ready", TRAIN_START: "train_start", MARK: "first_step"}
+    phases = {}
     for line in result.stdout.splitlines():
-        if line.startswith(MARK):
-            return float(line.split()[1]) - called
-    raise RuntimeError(
-        f"{launcher} bare_fit.py printed no {MARK} line (exit {result.returncode}):\n"
-        f"{result.stderr[-2000:]}"
-    )
+        mark, _, value = line.partition(" ")
+        if mark in names:
+            phases[names[mark]] = float(value) - called
+    if "first_step" not in phases:
+        raise RuntimeError(
+            f"{launcher} bare_fit.py printed no {MARK} line (exit {result.returncode}):\n"
+            f"{result.stderr[-2000:]}"
+        )
+    return phases
+
+
+def medians(phases: list[dict[str, float]]) -> dict[str, float]:
+    """The median of each phase over the repeats."""
+    return {key: median([p[key] for p in phases if key in p]) for key in phases[0]}
 
 
 def run(ctx: Context) -> list[Row]:
@@ -90,31 +125,34 @@ def run(ctx: Context) -> list[Row]:
     job_client(ctx)
     manager_seconds = time.perf_counter() - created
 
-    cold_return = cold_first = None
+    cold_return = cold = None
     if not ctx.smoke:
         # The manager's first job pays for its first scheduling pass; launch() is timed warm.
         say("B4 cold launch (the manager's first job)")
-        cold_return, cold_first = ours("bench-launch-cold")
+        cold_return, cold = ours("bench-launch-cold")
 
     repeats = ctx.size(3, 1)
     returns: list[float] = []
-    first: dict[str, list[float]] = {"ours": [], "torchrun": [], "python": []}
+    phases: dict[str, list[dict[str, float]]] = {"ours": [], "torchrun": [], "python": []}
     for repeat in range(repeats):
         say(f"B4 first step: ours, torchrun, python ({repeat + 1}/{repeats})")
-        returned, first_step = ours("bench-launch")
+        returned, timeline = ours("bench-launch")
         returns.append(returned)
-        first["ours"].append(first_step)
-        first["torchrun"].append(bare("torchrun", folder))
-        first["python"].append(bare("python", folder))
+        phases["ours"].append(timeline)
+        phases["torchrun"].append(bare("torchrun", folder))
+        phases["python"].append(bare("python", folder))
 
-    # A few more warm launches that only time the return (their jobs are cancelled at once).
+    # More warm launches that only time the return (their jobs are cancelled at once).
     for _ in range(ctx.size(5, 0)):
         started = time.perf_counter()
         job = launch_digits("bench-launch-return", TRAINER)
         returns.append(time.perf_counter() - started)
         job.cancel()
 
+    timelines = {name: medians(runs) for name, runs in phases.items()}
+    first = {name: [p["first_step"] for p in runs] for name, runs in phases.items()}
     ours_first = median(first["ours"])
+    detail = {"median_phases_seconds": timelines, "runs": phases, "cold": cold}
     return [
         Row(
             "B4",
@@ -131,7 +169,6 @@ def run(ctx: Context) -> list[Row]:
                 "max_ms": max(returns) * 1000,
                 "cold_return_ms": None if cold_return is None else cold_return * 1000,
                 "manager_start_ms": manager_seconds * 1000,
-                "cold_first_step_seconds": cold_first,
             },
         ),
         Row(
@@ -145,7 +182,7 @@ def run(ctx: Context) -> list[Row]:
             target=f"<= {TARGET_FIRST_STEP_RATIO}x",
             target_on="ratio",
             target_limit=TARGET_FIRST_STEP_RATIO,
-            detail={"ours": first["ours"], "torchrun": first["torchrun"]},
+            detail=detail,
         ),
         Row(
             "B4",
@@ -155,6 +192,16 @@ def run(ctx: Context) -> list[Row]:
             "s",
             baseline=median(first["python"]),
             baseline_name="bare script, python",
-            detail={"ours": first["ours"], "python": first["python"]},
+            detail=detail,
+        ),
+        Row(
+            "B4",
+            "B4.ready",
+            "launch() call to rank zero ready to fit (imports, entry point, Trainer)",
+            timelines["ours"]["ready"],
+            "s",
+            baseline=timelines["python"]["ready"],
+            baseline_name="bare script, python",
+            detail=detail,
         ),
     ]

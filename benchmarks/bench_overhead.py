@@ -6,6 +6,8 @@ repeated, and the median wall time of ``trainer.fit`` is compared with the fit t
 nothing:
 
 - ``off``: ``logger=False`` and no callbacks, the baseline;
+- ``null``: a logger whose methods do nothing: what Lightning itself spends per step once any
+  logger is attached (collecting the logged values, turning tensors into numbers);
 - ``ours``: our ``StreamLogger`` and ``ProgressCallback`` writing a real event stream;
 - ``ours + bridge``: the same while a supervisor's metric bridge, in a process of its own,
   forwards the stream to an MLflow run on SQLite (the whole path of a real job);
@@ -28,9 +30,10 @@ from typing import Any
 
 from benchmarks.common import REPO, Context, Row, median, one_thread, say
 
-VARIANTS = ("off", "ours", "ours+bridge", "mlflow", "mlflow-async")
+VARIANTS = ("off", "null", "ours", "ours+bridge", "mlflow", "mlflow-async")
 LABELS = {
     "off": "logging off",
+    "null": "a logger that does nothing (Lightning's own share)",
     "ours": "ours: StreamLogger + ProgressCallback",
     "ours+bridge": "ours + supervisor bridge to MLflow (2 processes)",
     "mlflow": "Lightning MLFlowLogger, SQLite",
@@ -73,6 +76,28 @@ def workloads(ctx: Context) -> list[Workload]:
     ]
 
 
+def null_logger() -> Any:
+    """A Lightning logger that records nothing."""
+    from lightning.pytorch.loggers.logger import Logger
+
+    class NullLogger(Logger):
+        @property
+        def name(self) -> str:
+            return "null"
+
+        @property
+        def version(self) -> str:
+            return "0"
+
+        def log_hyperparams(self, params: Any, *args: Any, **kwargs: Any) -> None:
+            return None
+
+        def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+            return None
+
+    return NullLogger()
+
+
 class Fitter:
     """Fits a workload in one of the variants and returns the seconds ``trainer.fit`` took."""
 
@@ -110,6 +135,8 @@ class Fitter:
         bridge = None
         if variant == "off":
             trainer = pl.Trainer(logger=False, **kwargs)
+        elif variant == "null":
+            trainer = pl.Trainer(logger=null_logger(), **kwargs)
         elif variant in ("ours", "ours+bridge"):
             from training_manager_lab.events import EventWriter
             from training_manager_lab.runtime.callbacks import ProgressCallback, StreamLogger

@@ -257,9 +257,9 @@ async def stream_all(url: str, token: str) -> tuple[int, float]:
 def run(ctx: Context) -> list[Row]:
     import requests
 
+    from training_manager_lab.devices.history import sample_cost
     from training_manager_lab.events import read_events
     from training_manager_lab.manager import JobManager
-    from training_manager_lab.devices.history import sample_cost
 
     folder = ctx.folder("b5")
     state = folder / "state"
