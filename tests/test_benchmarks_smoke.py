@@ -24,6 +24,7 @@ MEASURED = {
     "B1.digits.ours+bridge",
     "B1.digits.mlflow",
     "B1.digits.mlflow-async",
+    "B1.ours_direct",
     "B1.wide.off",
     "B1.wide.null",
     "B1.wide.ours",
