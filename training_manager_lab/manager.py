@@ -29,6 +29,8 @@ log = logging.getLogger(__name__)
 STARTING_GRACE = 60.0
 LOST_REASON = "lost while the server was down"
 LOCAL_BACKEND_ENV = "TML_LOCAL_BACKEND"
+#: The reason a running job carries between a cancel request and its end.
+CANCEL_REQUESTED = "cancel requested"
 
 
 #: Job records, as lists of plain dicts.
@@ -164,6 +166,9 @@ class JobManager:
                 return self.store.get(job_id)
             record = self.get(job_id)
         backend = self._backend(record["backend"])
+        # Recorded first: a supervisor killed by the signal before it can handle it leaves no
+        # outcome, and whoever notices must know the job was cancelled, not lost.
+        self.store.update(job_id, reason=CANCEL_REQUESTED)
         backend.cancel(record)
         log.info("job %s: cancel requested", job_id)
         if not wait:
@@ -445,11 +450,18 @@ class JobManager:
             fresh = self.store.get(record["id"])
             if fresh["status"] in TERMINAL:
                 continue
+            if fresh.get("reason") == CANCEL_REQUESTED:
+                # The supervisor died of the cancel itself (before it could handle it).
+                status, why = "cancelled", "cancelled by the user"
             why = reason or why
-            error = fresh.get("error") or {"rank": None, "message": why, "traceback": None}
+            error = None
+            if status == "failed":
+                error = fresh.get("error") or {"rank": None, "message": why, "traceback": None}
+            # Close the run and the stream first, so that whoever sees the job ended finds
+            # its MLflow run ended too.
+            self._close_out(fresh, status, why)
             if self.store.transition(record["id"], status, why, error=error):
                 log.warning("job %s: %s (%s)", record["id"], status, why)
-                self._close_out(fresh, status, why)
 
     def _close_out(self, record: dict[str, Any], status: str, reason: str | None) -> None:
         """Finish what a job's dead supervisor could not: its MLflow run and its event stream.

@@ -44,6 +44,10 @@ class Supervisor:
     """
 
     def __init__(self, job_dir: Path, launcher: str = "local") -> None:
+        # First of all: a cancel may arrive while the supervisor is still starting.
+        self.stop_requested = False
+        signal.signal(signal.SIGTERM, self._on_signal)
+        signal.signal(signal.SIGINT, self._on_signal)
         self.job_dir = job_dir
         self.launcher = launcher
         self.launch = json.loads((job_dir / "launch.json").read_text())
@@ -51,7 +55,6 @@ class Supervisor:
         self.store = JobStore(Path(self.launch["state_dir"]) / "jobs.db")
         self.events = EventWriter(job_dir / EVENTS_FILE)
         self.ranks: list[subprocess.Popen[bytes]] = []
-        self.stop_requested = False
         self.run_id: str | None = None
         self._tracker: Any = None
         self._cursor = 0
@@ -66,8 +69,6 @@ class Supervisor:
     # -- lifecycle ------------------------------------------------------------------------
 
     def run(self) -> int:
-        signal.signal(signal.SIGTERM, self._on_signal)
-        signal.signal(signal.SIGINT, self._on_signal)
         log.info("job %s: supervisor %d starting %s ranks", self.job_id, os.getpid(), self.launcher)
         # A SLURM job is still "queued" in the store until its allocation starts this.
         self.store.transition(self.job_id, "running", None)
@@ -412,7 +413,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     supervisor = Supervisor(args.job_dir, args.launcher)
     record = supervisor.store.get(supervisor.job_id)
-    if record["status"] in TERMINAL:
+    if record.get("reason") == "cancel requested":
+        supervisor.store.transition(supervisor.job_id, "cancelled", "cancelled by the user")
+    if record["status"] in TERMINAL or record.get("reason") == "cancel requested":
         log.info("job %s is already %s; nothing to run", supervisor.job_id, record["status"])
         return 0
     return supervisor.run()
