@@ -15,14 +15,14 @@ from typing import Any
 
 import psutil
 
-from ..events import EVENTS_FILE, EventWriter, read_events
+from ..events import EVENTS_FILE, EventWriter, read_events, stream_size
 from ..store import TERMINAL, JobStore
 from .environment import free_port, rank_environment
 from .worker import MODEL_FILE, RUN_FILE, error_file
 
 log = logging.getLogger("training_manager_lab.supervisor")
 
-POLL_INTERVAL = 0.1
+POLL_INTERVAL = 0.25
 BRIDGE_INTERVAL = 1.0
 #: How long ranks get to stop after SIGTERM before they are killed.
 GRACE_PERIOD = 5.0
@@ -324,7 +324,10 @@ class Supervisor:
     # -- metric bridge --------------------------------------------------------------------
 
     def _bridge(self, force: bool = False) -> None:
-        while True:
+        # A size check first: most passes find nothing new, and a stat costs far less than
+        # opening and reading the stream while a rank trains beside this process.
+        pending = stream_size(self.job_dir / EVENTS_FILE) > self._cursor
+        while pending:
             events, self._cursor = read_events(self.job_dir / EVENTS_FILE, self._cursor)
             if not events:
                 break
