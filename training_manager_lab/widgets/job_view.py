@@ -14,6 +14,7 @@ from typing import Any, Protocol
 import ipywidgets
 import numpy as np
 import plotly.graph_objects as go
+from plotly.colors import qualitative
 
 from ..events import decode_value
 from .jobs_table import (
@@ -37,18 +38,8 @@ _STATUS_ORDER = {"queued": 0, "running": 1, "succeeded": 2, "failed": 2, "cancel
 _SEPARATORS = ("/", "_", "-", ".")
 _DEFAULT_GROUP = "metrics"
 _PANEL_HEIGHT = 260
-_PALETTE = (
-    "#1f77b4",
-    "#ff7f0e",
-    "#2ca02c",
-    "#d62728",
-    "#9467bd",
-    "#8c564b",
-    "#e377c2",
-    "#7f7f7f",
-    "#bcbd22",
-    "#17becf",
-)
+#: Plotly's "D3" qualitative colours, one per trace in turn.
+_PALETTE = tuple(qualitative.D3)
 
 
 class JobSource(Protocol):

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import ipywidgets
 import plotly.graph_objects as go
+from plotly.colors import qualitative
 
 from ..errors import TrainingManagerError
 from ..tracking import validate_alias, validate_tag_key
@@ -27,16 +28,8 @@ MAX_COMPARED = 8
 #: The most metrics the versions table shows per version.
 KEY_METRICS = 4
 
-_PALETTE = (
-    "#1f77b4",
-    "#ff7f0e",
-    "#2ca02c",
-    "#d62728",
-    "#9467bd",
-    "#8c564b",
-    "#e377c2",
-    "#7f7f7f",
-)
+#: Plotly's "D3" qualitative colours, one per version in turn.
+_PALETTE = tuple(qualitative.D3[:8])
 _COLUMNS = ("version", "created", "job", "key metrics", "tags", "aliases", "description")
 _GRID = "70px 140px 130px 1.4fr 1fr 120px 1fr"
 
