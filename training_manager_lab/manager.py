@@ -450,7 +450,7 @@ class JobManager:
             fresh = self.store.get(record["id"])
             if fresh["status"] in TERMINAL:
                 continue
-            if fresh.get("reason") == CANCEL_REQUESTED:
+            if fresh.get("reason") == CANCEL_REQUESTED and status != "cancelled":
                 # The supervisor died of the cancel itself (before it could handle it).
                 status, why = "cancelled", "cancelled by the user"
             why = reason or why
