@@ -265,7 +265,7 @@ def open_panel(page: Any, server: LabServer) -> Any:
     panel = page.locator("#training-manager-lab-panel")
     if not panel.is_visible():
         tab.click()
-    panel.wait_for(state="visible", timeout=30_000)
+    panel.wait_for(state="visible", timeout=90_000)
     return panel
 
 
