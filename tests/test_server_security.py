@@ -10,7 +10,7 @@ import sys
 import uuid
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import psutil
 import pytest
@@ -351,9 +351,12 @@ async def probe(
         )
         assert_nothing_leaks(response.body)
         if response.code in (301, 302):
-            # Jupyter drops a trailing slash with a redirect; it must stay on this server.
+            # Jupyter drops a trailing slash with a redirect; it must stay on this server: a
+            # path under the base URL, never a scheme or a host ("//host/..." included).
             location = response.headers["Location"]
-            assert location.startswith(base_url) and "//" not in location, location
+            target = urlsplit(location)
+            assert not target.scheme and not target.netloc, location
+            assert location.startswith(base_url) and not location.startswith("//"), location
             continue
         # 403: Jupyter's own trailing-slash handler refuses other verbs.
         refusals = (400, 403, 404, 405)
