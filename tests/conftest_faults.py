@@ -112,15 +112,25 @@ class JupyterServer:
         workdir: where the server's log and Jupyter runtime files go.
         cpu_slots: CPU processes the job manager may run at once.
         tracking_uri: MLflow tracking URI; default: the state directory's store.
+        config: more ``TrainingManagerApp`` settings.
+        env: more environment variables of the server process.
     """
 
     def __init__(
-        self, state_dir: Path, workdir: Path, cpu_slots: int = 4, tracking_uri: str = ""
+        self,
+        state_dir: Path,
+        workdir: Path,
+        cpu_slots: int = 4,
+        tracking_uri: str = "",
+        config: dict[str, Any] | None = None,
+        env: dict[str, str] | None = None,
     ) -> None:
         self.state_dir = state_dir
         self.workdir = workdir
         self.cpu_slots = cpu_slots
         self.tracking_uri = tracking_uri
+        self.extra_config = dict(config or {})
+        self.extra_env = dict(env or {})
         self.port = free_port()
         self.token = secrets.token_hex(16)
         self.url = f"http://127.0.0.1:{self.port}/"
@@ -147,6 +157,7 @@ class JupyterServer:
                 "state_dir": str(self.state_dir),
                 "cpu_slots": self.cpu_slots,
                 "tracking_uri": self.tracking_uri,
+                **self.extra_config,
             },
         }
         config_file = self.workdir / "jupyter_server_config.json"
@@ -158,6 +169,7 @@ class JupyterServer:
             MLFLOW_DISABLE_TELEMETRY="true",
         )
         env.pop("TML_STATE_DIR", None)
+        env.update(self.extra_env)
         command = [
             sys.executable, "-m", "jupyter_server", "--no-browser", "--allow-root",
             "--ServerApp.ip=127.0.0.1", f"--ServerApp.port={self.port}",

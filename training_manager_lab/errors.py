@@ -39,6 +39,10 @@ class ModelNotFound(RegistryError, LookupError):
     """No registered model, version or alias matches (HTTP 404)."""
 
 
+class TrackingUnavailable(TrainingManagerError):
+    """The MLflow tracking server cannot be reached (HTTP 503)."""
+
+
 class BackendError(TrainingManagerError):
     """The execution backend (local processes, SLURM) refused or failed a request."""
 

@@ -31,6 +31,9 @@ LOST_REASON = "lost while the server was down"
 LOCAL_BACKEND_ENV = "TML_LOCAL_BACKEND"
 #: The reason a running job carries between a cancel request and its end.
 CANCEL_REQUESTED = "cancel requested"
+#: Seconds a cluster that could not be read is not asked again: a controller that does not
+#: answer makes every SLURM command wait for its timeout, and the resources route is polled.
+CLUSTER_RETRY = 30.0
 
 
 #: Job records, as lists of plain dicts.
@@ -84,6 +87,7 @@ class JobManager:
         self._tracking_ready = threading.Event()
         self._tracking_ready.set()
         self._sampler: Any = None
+        self._cluster_failure: tuple[float, dict[str, Any]] | None = None
 
     # -- public operations ----------------------------------------------------------------
 
@@ -324,14 +328,29 @@ class JobManager:
         }
 
     def _cluster_resources(self) -> dict[str, Any] | None:
-        """The SLURM cluster's nodes and queue, when this manager submits to one."""
+        """The SLURM cluster's nodes and queue, when this manager submits to one.
+
+        A cluster that could not be read answers with the same error for ``CLUSTER_RETRY``
+        seconds before it is asked again.
+        """
         if "slurm" not in self.backends and not os.environ.get("SLURM_CONF"):
             return None
+        failure = self._cluster_failure
+        if failure is not None and time.monotonic() - failure[0] < CLUSTER_RETRY:
+            return failure[1]
         try:
-            return dict(self._backend("slurm").resources())
+            cluster = dict(self._backend("slurm").resources())
         except Exception as exc:
-            log.debug("no SLURM resources: %s", exc)
-            return {"nodes": [], "queue": [], "error": str(exc)}
+            cluster = {"nodes": [], "queue": [], "error": str(exc)}
+        if cluster.get("error"):
+            if failure is None:
+                log.warning("cannot read the SLURM cluster: %s", cluster["error"])
+            self._cluster_failure = (time.monotonic(), cluster)
+        else:
+            if failure is not None:
+                log.info("the SLURM cluster answers again")
+            self._cluster_failure = None
+        return cluster
 
     def _owned_pids(self) -> set[int]:
         from .backends.local import job_processes

@@ -21,7 +21,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .errors import ModelNotFound, RegistryError
+from .errors import ModelNotFound, RegistryError, TrackingUnavailable
 
 if TYPE_CHECKING:
     import pandas
@@ -262,6 +262,28 @@ def _global_uris(tracking_uri: str) -> Iterator[None]:
                     os.environ.pop(key, None)
                 else:
                     os.environ[key] = value
+
+
+def unreachable(exc: BaseException, tracking_uri: str) -> TrackingUnavailable | None:
+    """The error to raise instead of ``exc`` when it says that the tracking server is down.
+
+    MLflow's REST client turns a refused or timed-out connection (after its retries) into an
+    ``MlflowException`` whose context is the ``requests`` error; that context is looked for.
+    """
+    import requests
+
+    seen: set[int] = set()
+    cause: BaseException | None = exc
+    while cause is not None and id(cause) not in seen:
+        if isinstance(cause, (requests.exceptions.ConnectionError, requests.exceptions.Timeout)):
+            return TrackingUnavailable(
+                f"the MLflow tracking server at {tracking_uri} cannot be reached "
+                f"({type(cause).__name__}); start it, or point MLFLOW_TRACKING_URI (or "
+                "TrainingManagerApp.tracking_uri) at one that runs"
+            )
+        seen.add(id(cause))
+        cause = cause.__cause__ or cause.__context__
+    return None
 
 
 class Tracker:

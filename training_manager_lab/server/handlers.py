@@ -25,6 +25,7 @@ from ..errors import (
     JobSpecError,
     ModelNotFound,
     RegistryError,
+    TrackingUnavailable,
     TrainingManagerError,
 )
 from ..events import EVENTS_FILE, read_events
@@ -63,6 +64,9 @@ def _domain_errors(
             self.fail(409, "conflict", str(exc))
         except (JobSpecError, RegistryError) as exc:
             self.fail(400, "bad request", str(exc))
+        except TrackingUnavailable as exc:
+            self.log.warning("training-manager: %s", exc)
+            self.fail(503, "tracking server unavailable", str(exc))
         except TrainingManagerError as exc:
             self.log.error("training-manager: %s", exc)
             self.fail(502, "backend error", str(exc))
@@ -406,6 +410,19 @@ class RegistryHandler(BaseHandler):
         from ..tracking import Tracker
 
         return Tracker(self.manager.tracking_uri)
+
+    async def run(self, function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        try:
+            return await super().run(function, *args, **kwargs)
+        except TrainingManagerError:
+            raise
+        except Exception as exc:
+            from ..tracking import unreachable
+
+            down = unreachable(exc, self.manager.tracking_uri)
+            if down is None:
+                raise
+            raise down from exc
 
 
 class ModelsHandler(RegistryHandler):
