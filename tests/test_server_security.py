@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import inspect
 import os
@@ -21,6 +22,7 @@ from pytest_jupyter.jupyter_server import *  # noqa: F403
 from tornado import websocket
 from tornado.httpclient import HTTPClientError, HTTPRequest
 
+import training_manager_lab
 from tests.conftest_server import *  # noqa: F403
 from tests.conftest_server import (
     API,
@@ -414,6 +416,50 @@ def test_fuzzed_ids_and_paths_stay_inside_job_folders(
     )
 
     assert unexpected == {}
+
+
+# -- no shell ----------------------------------------------------------------------------
+
+#: Calls that hand a string to a shell.
+SHELL_CALLS = {"system", "popen", "getoutput", "getstatusoutput", "create_subprocess_shell"}
+
+
+def shell_uses(source: str) -> list[str]:
+    """Lines of ``source`` that start a process through a shell."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if not isinstance(node, ast.Call):
+            continue
+        name = getattr(node.func, "attr", getattr(node.func, "id", ""))
+        through_shell = any(
+            keyword.arg == "shell"
+            and not (isinstance(keyword.value, ast.Constant) and keyword.value.value is False)
+            for keyword in node.keywords
+        )
+        if name in SHELL_CALLS or through_shell:
+            found.append(f"line {node.lineno}: {ast.unparse(node)[:80]}")
+    return found
+
+
+def test_shell_uses_are_found() -> None:
+    assert (
+        len(shell_uses("import os, subprocess\nos.system(x)\nsubprocess.run(x, shell=True)")) == 2
+    )
+    assert shell_uses("subprocess.run(['sbatch', path], shell=False)") == []
+
+
+def test_no_process_is_started_through_a_shell() -> None:
+    package = Path(training_manager_lab.__file__).parent
+    sources = sorted(package.rglob("*.py"))
+
+    found = {
+        str(path.relative_to(package)): uses
+        for path in sources
+        if (uses := shell_uses(path.read_text()))
+    }
+
+    assert len(sources) > 30
+    assert found == {}
 
 
 # -- scripts and working folders outside the root ----------------------------------------
