@@ -5,7 +5,8 @@ it, where every outside service fails: the MLflow tracking URI names a port on 1
 where nothing listens, the SLURM backend is on and ``SLURM_CONF`` names a controller that
 does not answer (where SLURM is not installed, its commands are simply missing), and NVML
 reports that it cannot be loaded. The server must come up, answer every read route, say
-what is missing in plain words, and fail a job with the reason instead of hanging it.
+what is missing in plain words, and fail a job with the reason instead of hanging it. The
+Python API names the unreachable tracking server the same way.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ import pytest
 
 from tests.conftest_faults import SHORT, JupyterServer, free_port, import_spec, store_problems
 from training_manager_lab.devices.nvml import RECORDING_ENV
+from training_manager_lab.errors import RegistryError, TrackingUnavailable
+from training_manager_lab.tracking import Tracker
 
 NVML_ERROR = "NVML library not found: driver not loaded (recorded for this test)"
 
@@ -112,3 +115,25 @@ def test_a_job_fails_with_the_reason_and_the_store_stays_consistent(
     assert store_problems(isolated_server.state_dir) == []
     # The server is still there and still answers.
     assert isolated_server.get(f"jobs/{record['id']}").json()["status"] == "failed"
+
+
+def test_the_python_api_names_the_unreachable_tracking_server(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    uri = f"http://127.0.0.1:{free_port()}"
+    tracker = Tracker(uri)
+    calls = {
+        "list_models": lambda: tracker.list_models(),
+        "start_run": lambda: tracker.start_run("down", "run", {}),
+        "resolve": lambda: tracker.resolve("digits-mlp@candidate"),
+    }
+
+    for what, call in calls.items():
+        with pytest.raises(TrackingUnavailable) as caught:
+            call()
+        assert f"the MLflow tracking server at {uri} cannot be reached" in str(caught.value), what
+
+    # Other refusals are not mistaken for an unreachable server.
+    with pytest.raises(RegistryError, match="invalid model name"):
+        tracker.resolve("bad/name@candidate")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import inspect
 import json
@@ -19,7 +20,7 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from .errors import ModelNotFound, RegistryError, TrackingUnavailable
 
@@ -286,6 +287,35 @@ def unreachable(exc: BaseException, tracking_uri: str) -> TrackingUnavailable | 
     return None
 
 
+class _ServerCalls:
+    """An ``MlflowClient`` whose calls raise :class:`TrackingUnavailable` when the server is down.
+
+    Every other error passes through unchanged, so callers still tell a missing model from a
+    refused request.
+    """
+
+    def __init__(self, client: Any, tracking_uri: str) -> None:
+        self._client = client
+        self._tracking_uri = tracking_uri
+
+    def __getattr__(self, name: str) -> Any:
+        attribute = getattr(self._client, name)
+        if not callable(attribute):
+            return attribute
+
+        @functools.wraps(attribute)
+        def call(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return attribute(*args, **kwargs)
+            except Exception as exc:
+                down = unreachable(exc, self._tracking_uri)
+                if down is None:
+                    raise
+                raise down from exc
+
+        return call
+
+
 class Tracker:
     """A thin facade over one MLflow tracking store and its model registry.
 
@@ -335,9 +365,10 @@ class Tracker:
                 db = _sqlite_path(self.tracking_uri)
                 if db is not None:
                     db.parent.mkdir(parents=True, exist_ok=True)
-                self._client = MlflowClient(
+                client = MlflowClient(
                     tracking_uri=self.tracking_uri, registry_uri=self.tracking_uri
                 )
+                self._client = cast("MlflowClient", _ServerCalls(client, self.tracking_uri))
             return self._client
 
     def ensure_store(self) -> None:

@@ -80,10 +80,7 @@ class Supervisor:
             status, reason, error = self._follow()
         except Exception as exc:
             log.exception("job %s: supervisor failed", self.job_id)
-            from ..tracking import unreachable
-
-            cause = unreachable(exc, self.launch["tracking_uri"]) or exc
-            reason = f"the job's supervisor failed: {cause}"
+            reason = f"the job's supervisor failed: {exc}"
             error = {"rank": None, "message": reason, "traceback": _format_exc()}
         finally:
             self._stop_ranks()

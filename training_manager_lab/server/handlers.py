@@ -411,19 +411,6 @@ class RegistryHandler(BaseHandler):
 
         return Tracker(self.manager.tracking_uri)
 
-    async def run(self, function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        try:
-            return await super().run(function, *args, **kwargs)
-        except TrainingManagerError:
-            raise
-        except Exception as exc:
-            from ..tracking import unreachable
-
-            down = unreachable(exc, self.manager.tracking_uri)
-            if down is None:
-                raise
-            raise down from exc
-
 
 class ModelsHandler(RegistryHandler):
     @web.authenticated
