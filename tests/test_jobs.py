@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import linecache
 import math
 import os
 import textwrap
@@ -55,8 +57,12 @@ class CellMLP(pl.LightningModule):
 
 
 def notebook_module() -> types.ModuleType:
+    """Run the cell as IPython does: compiled under a cell name whose lines linecache holds."""
+    source = textwrap.dedent(NOTEBOOK_CELL)
+    filename = f"<ipython-input-1-{hashlib.sha256(source.encode()).hexdigest()[:12]}>"
+    linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
     module = types.ModuleType("__notebook_cell__")
-    exec(textwrap.dedent(NOTEBOOK_CELL), module.__dict__)
+    exec(compile(source, filename, "exec"), module.__dict__)
     return module
 
 
@@ -141,6 +147,27 @@ def test_register_then_load_gives_the_trained_predictions(ddp_job: tml.Job, clie
         assert torch.equal(again.eval()(features), expected)
     accuracy = (expected.argmax(1) == labels).float().mean().item()
     assert accuracy == pytest.approx(ddp_job.record()["last_metrics"]["val_acc"], abs=0.02)
+
+
+def test_lineage_leads_to_the_cell_the_data_module_and_the_checkpoint(
+    ddp_job: tml.Job, client: Any
+) -> None:
+    cell = textwrap.dedent(NOTEBOOK_CELL)
+    checkpoints = sorted((client.manager.job_dir(ddp_job.id) / "checkpoints").glob("*.ckpt"))
+
+    lineage = ddp_job.register_model("digits-skeleton").lineage()
+
+    assert lineage["job_id"] == ddp_job.id and lineage["run"]["run_id"] == ddp_job.run_id
+    assert lineage["code"]["kind"] == "cell" and lineage["code"]["source"] == cell
+    assert lineage["code"]["sha256"] == hashlib.sha256(cell.encode()).hexdigest()
+    assert lineage["code"]["qualname"] == "__notebook_cell__.CellMLP"
+    assert lineage["run"]["tags"]["tml.code_sha256"] == lineage["code"]["sha256"]
+    data = lineage["datamodule"]
+    assert data["kind"] == "file" and data["path"].endswith(os.path.join("examples", "digits.py"))
+    assert data["sha256"] == hashlib.sha256(Path(data["path"]).read_bytes()).hexdigest()
+    assert Path(lineage["checkpoint"]).resolve() == checkpoints[-1].resolve()
+    assert lineage["job"]["world_size"] == 2
+    assert lineage["job"]["spec"]["trainer"] == {"max_epochs": 4}
 
 
 def test_cancel_stops_every_rank(client: Any) -> None:

@@ -61,9 +61,10 @@ def launch(
                          devices=2, strategy="ddp")
     """
     cwd = os.getcwd()
-    check_entry(model, "model", cwd)
-    if datamodule is not None:
-        check_entry(datamodule, "datamodule", cwd)
+    resolved_model = check_entry(model, "model", cwd)
+    resolved_datamodule = (
+        check_entry(datamodule, "datamodule", cwd) if datamodule is not None else None
+    )
 
     payload = None
     if isinstance(model, str):
@@ -92,7 +93,7 @@ def launch(
         cluster=cluster,
         cluster_options=_copied(cluster_options),
         cwd=cwd,
-        lineage=lineage_of(model, datamodule),
+        lineage=lineage_of(model, resolved_model, datamodule, resolved_datamodule),
         stall_timeout=stall_timeout,
     )
     spec.validate()

@@ -108,16 +108,31 @@ def _find_unpicklable(obj: Any, path: str = "", depth: int = 0) -> str | None:
     return None
 
 
-def lineage_of(model: Any, datamodule: Any) -> dict[str, Any]:
-    """The code lineage of the model (and data module) as the user gave them."""
-    lineage: dict[str, Any] = {"model": describe_code(model) if not isinstance(model, str) else {}}
-    if isinstance(model, str):
-        lineage["model"] = {"reference": model}
+def lineage_of(
+    model: Any, resolved_model: Any, datamodule: Any = None, resolved_datamodule: Any = None
+) -> dict[str, Any]:
+    """The code lineage of a job, taken where the user launched it.
+
+    Args:
+        model, datamodule: as the user gave them (objects, or ``"module:attr"`` strings).
+        resolved_model, resolved_datamodule: the objects they name, as :func:`check_entry`
+            returned them (so that a script is not run a second time).
+
+    Returns:
+        ``code``: the model's defining cell, script or module file (see
+        :func:`~training_manager_lab.tracking.describe_code`: source, ``sha256``, ``git``),
+        with ``reference`` when the model was named as a string; ``datamodule``: the same for
+        the data module, when there is one.
+    """
+    lineage: dict[str, Any] = {"code": _code_of(model, resolved_model)}
     if datamodule is not None:
-        lineage["datamodule"] = (
-            {"reference": datamodule} if isinstance(datamodule, str) else describe_code(datamodule)
-        )
+        lineage["datamodule"] = _code_of(datamodule, resolved_datamodule)
     return lineage
+
+
+def _code_of(given: Any, resolved: Any) -> dict[str, Any]:
+    code = describe_code(resolved)
+    return {**code, "reference": given} if isinstance(given, str) else code
 
 
 def instantiate(obj: Any) -> Any:

@@ -1012,7 +1012,8 @@ class Tracker:
         Returns:
             ``model`` (the version), ``run`` (id, experiment, status, times, params, tags),
             ``job_id``, and what the job recorded with :meth:`log_lineage`: ``job``,
-            ``code``, ``checkpoint`` (``None`` where nothing was recorded).
+            ``code`` (the model's), ``datamodule`` (its code, for a job that had one) and
+            ``checkpoint`` (``None`` where nothing was recorded).
         """
         mv = self.get_version(name, version)
         out: dict[str, Any] = {
@@ -1050,6 +1051,9 @@ class Tracker:
         for key, value in recorded.items():
             if key != "model":
                 out[key] = value
+        if out["code"] is None and isinstance(recorded.get("model"), dict):
+            # Runs logged before the model's code was recorded as "code".
+            out["code"] = recorded["model"]
         out["job_id"] = mv["job_id"] or _lineage_job_id(recorded)
         return out
 

@@ -57,6 +57,7 @@ class Supervisor:
         self.ranks: list[subprocess.Popen[bytes]] = []
         self.run_id: str | None = None
         self._tracker: Any = None
+        self._lineage: dict[str, Any] | None = None
         self._cursor = 0
         self._pending_metrics: list[dict[str, Any]] = []
         self._last_metrics: dict[str, float | None] = {}
@@ -158,6 +159,7 @@ class Supervisor:
             "world_size": self.launch["world_size"],
         }
         self._tracker.log_lineage(self.run_id, lineage)
+        self._lineage = lineage
         log.info("job %s: MLflow run %s", self.job_id, self.run_id)
 
     def _follow(self) -> tuple[str, str | None, dict[str, Any] | None]:
@@ -281,6 +283,11 @@ class Supervisor:
 
     def _finish(self, status: str, reason: str | None, error: dict[str, Any] | None) -> None:
         self._bridge(force=True)
+        model = _logged_model(self.job_dir / MODEL_FILE)
+        if model and model.get("checkpoint") and self._lineage is not None and self.run_id:
+            # The lineage gains the checkpoint rank zero saved last.
+            self._lineage["checkpoint"] = model["checkpoint"]
+            self._safely(self._tracker.log_lineage, self.run_id, self._lineage)
         if self._tracker is not None and self.run_id is not None:
             try:
                 self._tracker.end_run(self.run_id, status)
@@ -290,9 +297,8 @@ class Supervisor:
         if error is not None:
             fields["error"] = error
             (self.job_dir / "error.json").write_text(json.dumps(error))
-        model = self.job_dir / MODEL_FILE
-        if model.exists():
-            fields["model_uri"] = json.loads(model.read_text())["model_uri"]
+        if model:
+            fields["model_uri"] = model["model_uri"]
         if self._progress is not None:
             fields["progress"] = self._progress
         fields["last_metrics"] = self._last_metrics
@@ -359,6 +365,18 @@ class Supervisor:
             function(*args)
         except Exception:
             log.exception("job %s: MLflow refused an update", self.job_id)
+
+
+def _logged_model(path: Path) -> dict[str, Any] | None:
+    """What rank zero wrote after logging the model, or None when it wrote nothing usable."""
+    try:
+        logged = json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError):
+        log.exception("could not read %s", path)
+        return None
+    return logged if isinstance(logged, dict) and logged.get("model_uri") else None
 
 
 def _progress_record(event: dict[str, Any]) -> dict[str, Any]:

@@ -114,16 +114,21 @@ def run(job_dir: Path, rank: int) -> None:
         raise RuntimeError("training was interrupted")
 
     if trainer.is_global_zero:
-        _log_model(job_dir, launch, model)
+        checkpoint = trainer.checkpoint_callback
+        saved = getattr(checkpoint, "best_model_path", "") or getattr(
+            checkpoint, "last_model_path", ""
+        )
+        _log_model(job_dir, launch, model, saved or None)
 
 
-def _log_model(job_dir: Path, launch: dict[str, Any], model: Any) -> None:
+def _log_model(job_dir: Path, launch: dict[str, Any], model: Any, checkpoint: str | None) -> None:
     from ..tracking import Tracker
 
     run_id = _wait_for_run(job_dir)
     model._trainer = None  # the fitted Trainer holds processes and files; the model does not
     model_uri = Tracker(launch["tracking_uri"]).log_model(run_id, model.cpu())
-    (job_dir / MODEL_FILE).write_text(json.dumps({"model_uri": model_uri, "run_id": run_id}))
+    logged = {"model_uri": model_uri, "run_id": run_id, "checkpoint": checkpoint}
+    (job_dir / MODEL_FILE).write_text(json.dumps(logged))
 
 
 def _wait_for_run(job_dir: Path, timeout: float = 300.0) -> str:
