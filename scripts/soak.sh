@@ -6,13 +6,13 @@
 #
 # Environment (defaults are the long variant; CI's quick run uses the tests' own defaults):
 #   TML_TRIALS=50            times each fault (rank, supervisor, server kill, kernel restart,
-#                            hung rank) and each server crash is repeated
+#                            hung rank) and the server kill during launches are repeated
 #   TML_LOAD_SEQUENCE=500    short jobs run one after another through the server
 #   TML_LOAD_PARALLEL=20     short jobs run at once through the server
 #   TML_FIGURES=<file>       where the measured figures go, one JSON object per line
 #                            (default: soak-figures.jsonl in a new temporary folder)
 #
-# It needs the environment scripts/setup.sh builds (.venv) and takes hours on two cores.
+# It needs the environment `scripts/setup.sh test` builds (.venv) and takes hours on two cores.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
