@@ -80,9 +80,12 @@ def test_many_short_jobs_leave_the_server_as_it_was(tml_server: JupyterServer) -
     after = server_usage(pid)
 
     growth = {key: after[key] - before[key] for key in before}
+    # The resident memory after each tenth of the jobs in sequence: a plateau or a slope.
+    tenth = max(len(samples) // 10, 1)
     record_figures(
         "load", in_sequence=in_sequence, at_once=at_once, before=before, after=after,
         growth=growth, peak_rss_mib=max(s["rss_mib"] for s in samples + [after]),
+        rss_mib_by_tenth=[round(s["rss_mib"], 1) for s in samples[tenth - 1 :: tenth]],
     )  # fmt: skip
     assert tml_server.pid == pid, "the server restarted during the run"
     assert [job["status"] for job in finished] == ["succeeded"] * len(finished), [
