@@ -143,16 +143,26 @@ def test_sampler_follows_job_trees_over_time(spawn) -> None:
     probe.set_gpu(0, memory_total=16 * GiB, memory_used=GiB, utilization=5, temperature=40)
     probe.set_gpu(0, power=30.0, processes=[{"pid": kid, "used_memory": GiB}])
     set_probe(probe)
-    sampler = Sampler(trees=lambda: {"job:3f9a1c2b7d10": parent.pid})
+    followed = {"job:3f9a1c2b7d10": parent.pid, "job:000000000001": os.getpid()}
+    sampler = Sampler(trees=lambda: dict(followed))
 
-    for _ in range(3):
+    for _ in range(2):
         sampler.sample()
+    del followed["job:000000000001"]  # that job ended
+    sampler.sample()
     history = sampler.history()
 
     job = history["trees"]["job:3f9a1c2b7d10"]
     assert job["gpu_memory"] == [GiB, GiB, GiB]
     assert all(rss >= 100 * MiB for rss in job["rss"])
     assert sampler.latest()["trees"]["job:3f9a1c2b7d10"]["num_procs"] == 3
+    ended = history["trees"]["job:000000000001"]
+    assert ended["rss"][0] > 0 and ended["rss"][1] > 0 and ended["rss"][2] is None
+    # Asked for the trees followed now, the ended job's series are left out.
+    current = sampler.history(trees=sampler.latest()["trees"])
+    assert set(current["trees"]) == {"job:3f9a1c2b7d10"}
+    assert current["trees"]["job:3f9a1c2b7d10"] == job
+    assert current["t"] == history["t"]
 
 
 def test_orphans_are_gpu_processes_of_no_job_and_no_kernel(spawn) -> None:

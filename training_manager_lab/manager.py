@@ -301,8 +301,12 @@ class JobManager:
             "holders": holders,
             "kernels": attributed["kernels"],
             "orphans": attributed["orphans"],
+            # Tree series of the jobs running now only: those of every job of the last ten
+            # minutes would make each answer grow with the number of jobs that ran.
             "history": (
-                {inventory["node"]: self._sampler.history()} if self._sampler is not None else {}
+                {inventory["node"]: self._sampler.history(trees=inventory.get("trees") or ())}
+                if self._sampler is not None
+                else {}
             ),
             "queue": queue,
             "allocations": allocations,

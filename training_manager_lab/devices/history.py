@@ -6,7 +6,7 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
 from training_manager_lab.devices.attribution import TreeMeter, gpu_processes
@@ -122,8 +122,13 @@ class Sampler:
         since = kept[-1]["time"] - seconds
         return [s for s in kept if s["time"] >= since]
 
-    def history(self, seconds: float | None = None) -> dict[str, Any]:
+    def history(
+        self, seconds: float | None = None, trees: Collection[str] | None = None
+    ) -> dict[str, Any]:
         """Series of the last ``seconds`` for sparklines, every list aligned with ``t``.
+
+        ``trees`` limits the tree series to those keys (e.g. the jobs running now); every
+        tree seen in the window otherwise, which grows with the number of jobs that ran.
 
         Returns:
             ``{"node": name, "t": [epoch seconds], "cpu_percent": [...], "memory_used":
@@ -131,7 +136,7 @@ class Sampler:
             "utilization": [...], "memory_used": [...]}}, "trees": {key: {"cpu_percent":
             [...], "rss": [...], "gpu_memory": [...]}}}``; None where a sample lacks a value.
         """
-        return series(self.samples(seconds))
+        return series(self.samples(seconds), trees)
 
     def _run(self) -> None:
         deadline = time.monotonic()
@@ -153,8 +158,9 @@ class Sampler:
             self._stop.wait(delay)
 
 
-def series(samples: list[dict[str, Any]]) -> dict[str, Any]:
+def series(samples: list[dict[str, Any]], trees: Collection[str] | None = None) -> dict[str, Any]:
     """Turn samples (oldest first) into aligned series; see :meth:`Sampler.history`."""
+    wanted = None if trees is None else set(trees)
     out: dict[str, Any] = {
         "node": samples[-1]["node"] if samples else None,
         "t": [s["time"] for s in samples],
@@ -179,6 +185,8 @@ def series(samples: list[dict[str, Any]]) -> dict[str, Any]:
             entry["utilization"][position] = gpu.get("utilization")
             entry["memory_used"][position] = gpu.get("memory_used")
         for key, usage in sample.get("trees", {}).items():
+            if wanted is not None and key not in wanted:
+                continue
             entry = out["trees"].setdefault(
                 key, {name: [None] * count for name in ("cpu_percent", "rss", "gpu_memory")}
             )
