@@ -34,6 +34,10 @@ CANCEL_REQUESTED = "cancel requested"
 #: Seconds a cluster that could not be read is not asked again: a controller that does not
 #: answer makes every SLURM command wait for its timeout, and the resources route is polled.
 CLUSTER_RETRY = 30.0
+#: A job folder no record names is the leftover of a launch whose process stopped between
+#: writing the folder and recording the job (the user never got an id); it is removed once
+#: it is this many seconds old, far longer than any launch takes to record its job.
+UNRECORDED_GRACE = 300.0
 
 
 #: Job records, as lists of plain dicts.
@@ -222,6 +226,44 @@ class JobManager:
 
     def job_dir(self, job_id: str) -> Path:
         return job_folder(self.state_dir, _checked_id(job_id))
+
+    def sweep_unrecorded(self, older_than: float = UNRECORDED_GRACE) -> builtins.list[str]:
+        """Remove job folders that no record names and that are older than ``older_than`` s.
+
+        Only folders named like a job id are considered; anything else in ``jobs/`` is left.
+        Returns the ids whose folders were removed.
+        """
+        root = self.state_dir / "jobs"
+        try:
+            entries = builtins.list(os.scandir(root))
+        except FileNotFoundError:
+            return []
+        recorded = self.store.ids()
+        cutoff = time.time() - older_than
+        removed = []
+        for entry in entries:
+            if entry.name in recorded or not _is_job_id(entry.name):
+                continue
+            try:
+                if not entry.is_dir(follow_symlinks=False):
+                    continue
+                if entry.stat(follow_symlinks=False).st_mtime > cutoff:
+                    continue
+                # Read the id list again: another manager may have recorded it meanwhile.
+                if entry.name in self.store.ids():
+                    continue
+                shutil.rmtree(entry.path)
+            except OSError as err:
+                log.warning("could not remove the unrecorded job folder %s: %s", entry.path, err)
+                continue
+            removed.append(entry.name)
+        if removed:
+            log.info(
+                "removed %d job folder(s) of launches that were never recorded "
+                "(the process launching them stopped first): %s",
+                len(removed), ", ".join(sorted(removed)),
+            )  # fmt: skip
+        return removed
 
     # -- resources ------------------------------------------------------------------------
 
@@ -527,6 +569,7 @@ class JobManager:
     def adopt(self) -> None:
         """At start-up: keep following live jobs; record those that died meanwhile as lost."""
         self.supervise(reason=LOST_REASON)
+        self.sweep_unrecorded()
         alive = [r["id"] for r in self.store.active() if r["status"] == "running"]
         if alive:
             log.info("re-adopted running jobs: %s", ", ".join(alive))
@@ -567,11 +610,15 @@ class JobManager:
             self._thread = None
 
     def _loop(self, interval: float) -> None:
+        next_sweep = time.monotonic() + UNRECORDED_GRACE
         while not self._stopping.wait(interval):
             try:
                 self.supervise()
                 self.tick()
                 self.backends["local"].reap()
+                if time.monotonic() >= next_sweep:
+                    next_sweep = time.monotonic() + UNRECORDED_GRACE
+                    self.sweep_unrecorded()
             except Exception:
                 log.exception("job manager pass failed")
 
@@ -588,12 +635,12 @@ class JobManager:
             ) from None
 
 
+def _is_job_id(name: Any) -> bool:
+    return isinstance(name, str) and len(name) == 12 and all(c in "0123456789abcdef" for c in name)
+
+
 def _checked_id(job_id: Any) -> str:
-    if (
-        not isinstance(job_id, str)
-        or len(job_id) != 12
-        or not all(c in "0123456789abcdef" for c in job_id)
-    ):
+    if not _is_job_id(job_id):
         from .errors import JobNotFound
 
         raise JobNotFound(str(job_id)[:64])

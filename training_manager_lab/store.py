@@ -226,6 +226,10 @@ class JobStore:
             raise JobNotFound(job_id)
         return _decode(row)
 
+    def ids(self) -> set[str]:
+        """The ids of every recorded job."""
+        return {row[0] for row in self._connection().execute("SELECT id FROM jobs")}
+
     def list(
         self, status: str | None = None, limit: int = 50, offset: int = 0
     ) -> tuple[Records, int]:
