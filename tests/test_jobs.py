@@ -111,7 +111,7 @@ def test_every_logged_step_appears_once_in_stream_and_mlflow(ddp_job: tml.Job) -
     assert not train.duplicated(["step"]).any()
     history = client.get_metric_history(ddp_job.run_id, "train_loss")
     assert sorted(m.step for m in history) == sorted(train.step.tolist())
-    stream_values = dict(zip(train.step, train.value))
+    stream_values = dict(zip(train.step, train.value, strict=True))
     for point in history:
         assert math.isclose(point.value, stream_values[point.step], rel_tol=1e-6)
 

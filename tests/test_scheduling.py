@@ -14,9 +14,9 @@ from typing import Any
 
 import pytest
 
+from training_manager_lab.devices import nvml
 from training_manager_lab.errors import ResourceUnavailable
 from training_manager_lab.manager import JobManager
-from training_manager_lab.devices import nvml
 from training_manager_lab.runtime.environment import clean_environment
 from training_manager_lab.store import ALLOWED, TERMINAL
 

@@ -14,7 +14,6 @@ import psutil
 import pytest
 
 from training_manager_lab.backends.slurm import SlurmBackend, ending_outcome, outcome
-from training_manager_lab.errors import JobSpecError, ResourceUnavailable
 from training_manager_lab.devices.slurm_nodes import (
     SlurmCli,
     exit_code,
@@ -23,6 +22,7 @@ from training_manager_lab.devices.slurm_nodes import (
     parse_gres,
     used_gpu_indices,
 )
+from training_manager_lab.errors import JobSpecError, ResourceUnavailable
 
 SKIP_REASON = "SLURM is not installed/running (.ci/run starts it)"
 #: Generous bounds for a loaded 2-core machine; the tests never assert durations.

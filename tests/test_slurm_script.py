@@ -15,8 +15,8 @@ from training_manager_lab.backends.slurm import (
     submission_arguments,
     submission_script,
 )
-from training_manager_lab.errors import JobSpecError
 from training_manager_lab.devices.slurm_nodes import SlurmUnavailable
+from training_manager_lab.errors import JobSpecError
 
 JOB_ID = "0123456789ab"
 

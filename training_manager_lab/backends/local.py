@@ -90,9 +90,7 @@ class LocalBackend:
             os.kill(pid, signal.SIGTERM)
         except ProcessLookupError:
             return
-        threading.Thread(
-            target=self._kill_after_grace, args=(dict(record),), daemon=True
-        ).start()
+        threading.Thread(target=self._kill_after_grace, args=(dict(record),), daemon=True).start()
 
     def _kill_after_grace(self, record: dict[str, Any]) -> None:
         deadline = time.monotonic() + CANCEL_GRACE
