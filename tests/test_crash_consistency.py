@@ -133,28 +133,33 @@ def test_killing_the_server_while_it_writes_loses_no_acknowledged_job(
 def restart_sweeps_unrecorded_folders(server: JupyterServer) -> int:
     """Old folders of launches never recorded go at the next start; nothing else does.
 
-    Besides the folders the kills left (if any), one such folder is planted, as a launch cut
-    short after writing its spec would leave it, with a recent one the grace period protects
-    and a folder whose name is not a job id.
+    Besides the folders the kills left (if any), one is planted as a launch cut short after
+    writing its spec leaves it. These stay: every recorded job's folder, a young unrecorded
+    one (the grace period), one that holds a stream (a job that ran, whose record is lost)
+    and a folder whose name is not a job id. All but the young one are made an hour old.
     """
     jobs = server.state_dir / "jobs"
     known = JobStore(server.state_dir / "jobs.db").ids()
-    planted = jobs / "0123456789ab"
-    planted.mkdir()
-    (planted / "spec.json").write_text("{}")
-    recent, foreign = jobs / "ba9876543210", jobs / "notes"
-    for folder in (recent, foreign):
+    planted, recent, ran, foreign = (
+        jobs / name for name in ("0123456789ab", "ba9876543210", "00000000abcd", "notes")
+    )
+    for folder in (planted, recent, ran, foreign):
         folder.mkdir()
-    unrecorded = {p.name for p in jobs.iterdir()} - known - {recent.name, foreign.name}
+        (folder / "spec.json").write_text("{}")
+    (ran / "events.jsonl").write_text('{"type": "world", "t": 0}\n')
+    unrecorded = {p.name for p in jobs.iterdir()} - known - {recent.name, ran.name, foreign.name}
     an_hour_ago = time.time() - 3600
-    for name in unrecorded | {foreign.name}:
-        os.utime(jobs / name, (an_hour_ago, an_hour_ago))
+    for folder in jobs.iterdir():
+        if folder != recent:
+            for path in (*folder.iterdir(), folder):
+                os.utime(path, (an_hour_ago, an_hour_ago))
 
     server.kill()
     server.start()
     left = {p.name for p in jobs.iterdir()}
-    assert left == known | {recent.name, foreign.name}, (left - known, known - left)
-    assert "removed" in server.log_tail(20000) and planted.name in server.log_tail(20000)
+    assert left == known | {recent.name, ran.name, foreign.name}, (left - known, known - left)
+    log = server.log_tail(20000)
+    assert "removed" in log and planted.name in log
     return len(unrecorded)
 
 

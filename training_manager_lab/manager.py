@@ -38,6 +38,8 @@ CLUSTER_RETRY = 30.0
 #: writing the folder and recording the job (the user never got an id); it is removed once
 #: it is this many seconds old, far longer than any launch takes to record its job.
 UNRECORDED_GRACE = 300.0
+#: What a launch writes into a job's folder before it records the job.
+LAUNCH_FILES = frozenset({"spec.json", "entry.pkl"})
 
 
 #: Job records, as lists of plain dicts.
@@ -228,15 +230,17 @@ class JobManager:
         return job_folder(self.state_dir, _checked_id(job_id))
 
     def sweep_unrecorded(self, older_than: float = UNRECORDED_GRACE) -> builtins.list[str]:
-        """Remove job folders that no record names and that are older than ``older_than`` s.
+        """Remove what launches cut short left: folders no record names, holding only the
+        files a launch writes before it records the job, untouched for ``older_than`` s.
 
-        Only folders named like a job id are considered; anything else in ``jobs/`` is left.
-        Returns the ids whose folders were removed.
+        A folder with anything else in it (a stream, logs, a checkpoint) belonged to a job that
+        ran, so it stays even without a record (a lost or replaced ``jobs.db``). Only folders
+        named like a job id are considered. Returns the ids whose folders were removed.
         """
         root = self.state_dir / "jobs"
         try:
             entries = builtins.list(os.scandir(root))
-        except FileNotFoundError:
+        except OSError:
             return []
         recorded = self.store.ids()
         cutoff = time.time() - older_than
@@ -245,11 +249,11 @@ class JobManager:
             if entry.name in recorded or not _is_job_id(entry.name):
                 continue
             try:
-                if not entry.is_dir(follow_symlinks=False):
+                if not entry.is_dir(follow_symlinks=False) or not _left_by_launch(
+                    Path(entry.path), cutoff
+                ):
                     continue
-                if entry.stat(follow_symlinks=False).st_mtime > cutoff:
-                    continue
-                # Read the id list again: another manager may have recorded it meanwhile.
+                # Read the ids again: another manager may have recorded it meanwhile.
                 if entry.name in self.store.ids():
                     continue
                 shutil.rmtree(entry.path)
@@ -569,7 +573,11 @@ class JobManager:
     def adopt(self) -> None:
         """At start-up: keep following live jobs; record those that died meanwhile as lost."""
         self.supervise(reason=LOST_REASON)
-        self.sweep_unrecorded()
+        try:
+            self.sweep_unrecorded()
+        except Exception:
+            # Housekeeping: a store or folder that cannot be read must not stop the start.
+            log.exception("could not look for job folders of launches never recorded")
         alive = [r["id"] for r in self.store.active() if r["status"] == "running"]
         if alive:
             log.info("re-adopted running jobs: %s", ", ".join(alive))
@@ -633,6 +641,17 @@ class JobManager:
             raise JobSpecError(
                 f"unknown cluster {name!r}; available: {sorted(self.backends)}"
             ) from None
+
+
+def _left_by_launch(folder: Path, cutoff: float) -> bool:
+    """Whether ``folder`` holds only launch files, none of them (nor it) changed after cutoff."""
+    times = [folder.stat().st_mtime]
+    with os.scandir(folder) as entries:
+        for entry in entries:
+            if entry.name not in LAUNCH_FILES or not entry.is_file(follow_symlinks=False):
+                return False
+            times.append(entry.stat(follow_symlinks=False).st_mtime)
+    return max(times) <= cutoff
 
 
 def _is_job_id(name: Any) -> bool:
