@@ -23,6 +23,14 @@ log = logging.getLogger(__name__)
 CANCEL_GRACE = 8.0
 
 
+#: Seconds two readings of one process's start time may differ by. psutil adds the process's
+#: age to the kernel's boot time, which is whole seconds and shifts by one when the clock is
+#: adjusted, so the same live supervisor can read a second apart (a 500-job load run saw it
+#: declared dead three times with a tighter bound). A pid reused by another process within two
+#: seconds of the supervisor's start would need the pid space to wrap in that time.
+START_TIME_TOLERANCE = 2.0
+
+
 class LocalBackend:
     """Starts supervisors in sessions of their own, so they outlive the kernel and the server.
 
@@ -70,7 +78,7 @@ class LocalBackend:
         if created is None:
             return False
         expected = record.get("pid_create_time")
-        if expected is not None and abs(created - expected) > 0.05:
+        if expected is not None and abs(created - expected) > START_TIME_TOLERANCE:
             return False
         try:
             return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
