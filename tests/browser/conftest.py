@@ -258,14 +258,27 @@ def screenshot(page: Any, name: str) -> Path:
 
 def open_panel(page: Any, server: LabServer) -> Any:
     """Load JupyterLab and open the Training panel by clicking its sidebar tab."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
     page.goto(server.lab_url)
     page.wait_for_selector("#jp-main-dock-panel", timeout=60_000)
     tab = page.locator('.jp-SideBar [data-id="training-manager-lab-panel"]')
     tab.wait_for(timeout=60_000)
     panel = page.locator("#training-manager-lab-panel")
-    if not panel.is_visible():
-        tab.click()
-    panel.wait_for(state="visible", timeout=90_000)
+    # JupyterLab restores the saved layout asynchronously, possibly after the tab appears, and
+    # clicking the current tab collapses the side area. So click only while the tab is not
+    # current, and look again until the panel shows: a restore that lands after a click can
+    # neither hide the panel for good nor be toggled shut by that click.
+    deadline = time.monotonic() + 90
+    while not panel.is_visible():
+        if time.monotonic() > deadline:
+            raise AssertionError("the Training panel did not open within 90 s")
+        if "lm-mod-current" not in (tab.get_attribute("class") or ""):
+            tab.click()
+        try:
+            panel.wait_for(state="visible", timeout=5_000)
+        except PlaywrightTimeout:
+            continue
     return panel
 
 
