@@ -259,25 +259,68 @@ def test_nan_and_odd_metric_names_are_kept_and_warned(client: Any) -> None:
     assert math.isnan(first.value)
 
 
-def test_widget_figure_grows_while_the_job_runs(client: Any) -> None:
-    job = tml.launch(DigitsMLP, datamodule=DigitsData, trainer={"max_epochs": 8}, name="watched")
+#: A model that stops before steps 3 and 6 until the test drops a file named ``go-3`` or
+#: ``go-6`` beside it: the figure must show each pause's points while the job still runs, on a
+#: machine fast enough to train the whole job between two looks.
+GATED_CELL = """
+import time
+from pathlib import Path
+
+from training_manager_lab.examples.digits import DigitsMLP
+
+HERE = Path(__file__).parent
+
+
+class PausingMLP(DigitsMLP):
+    def training_step(self, batch, batch_idx):
+        if self.global_step in (3, 6):
+            while not (HERE / f"go-{self.global_step}").exists():
+                time.sleep(0.05)
+        return super().training_step(batch, batch_idx)
+"""
+
+
+def test_widget_figure_grows_while_the_job_runs(
+    client: Any, tmp_path: Path, monkeypatch: Any
+) -> None:
+    (tmp_path / "pausing.py").write_text(GATED_CELL)
+    monkeypatch.chdir(tmp_path)
+    job = tml.launch(
+        "pausing.py:PausingMLP",
+        datamodule="training_manager_lab.examples.digits:DigitsData",
+        trainer={
+            "max_epochs": 1,
+            "limit_train_batches": 10,
+            "limit_val_batches": 1,
+            "log_every_n_steps": 1,
+        },
+        name="watched",
+    )
     view = job.widget()
-    sizes: list[int] = []
 
-    def total_points() -> int:
-        return sum(0 if trace.x is None else len(trace.x) for trace in view.figure.data)
+    def losses() -> int:
+        trace = view.figure.data[view.trace_index["train_loss"]]
+        return len(trace.x)
 
-    while job.status != "succeeded":
-        sizes.append(total_points())
-        assert job.status in ("queued", "running"), job.error
-        time.sleep(0.5)
+    seen = []
+    for gate in (3, 6):
+        wait_until(
+            lambda gate=gate: "train_loss" in view.trace_index and losses() == gate,
+            what=f"the figure showing the {gate} losses before the pause at step {gate}",
+        )
+        seen.append((losses(), job.status, view.status))
+        (tmp_path / f"go-{gate}").touch()
+    job.wait(timeout=300)
     wait_until(lambda: view.status == "succeeded", what="widget showing the final status")
-    sizes.append(total_points())
+    seen.append((losses(), job.status, view.status))
     view.close()
 
-    growth = sorted(set(sizes))
-    assert len(growth) >= 3, sizes
-    assert sizes == sorted(sizes)
+    assert seen == [
+        (3, "running", "running"),
+        (6, "running", "running"),
+        (10, "succeeded", "succeeded"),
+    ]
+    assert list(view.trace("train_loss").x) == list(range(10))
 
 
 def test_script_entry_point_runs(client: Any, tmp_path: Path, monkeypatch: Any) -> None:
