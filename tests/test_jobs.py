@@ -235,6 +235,30 @@ def test_a_rank_hanging_in_a_collective_is_stopped_after_the_stall_timeout(clien
     wait_until(lambda: job_processes(job.record()) == [], timeout=10, what="every process gone")
 
 
+class SlowSetupData(DigitsData):
+    """Digits whose set-up takes longer than the stall timeout, as a slow rank joining does."""
+
+    def setup(self, stage: str | None = None) -> None:
+        time.sleep(8)
+        super().setup(stage)
+
+
+def test_start_up_after_the_first_events_is_not_a_stall(client: Any) -> None:
+    job = tml.launch(
+        DigitsMLP,
+        datamodule=SlowSetupData,
+        trainer={"max_epochs": 1, "limit_train_batches": 2, "limit_val_batches": 1},
+        name="slow-setup",
+        stall_timeout=5,
+    )
+    job.wait(timeout=300)
+
+    kinds = [event["type"] for event in job.events()]
+    assert job.status == "succeeded", job.record()["reason"]
+    # Rank 0 wrote its world event before the 8 s set-up: the stall clock had started then.
+    assert kinds.index("world") < kinds.index("progress")
+
+
 def test_nan_and_odd_metric_names_are_kept_and_warned(client: Any) -> None:
     cell = notebook_module()
     job = tml.launch(

@@ -26,7 +26,8 @@ POLL_INTERVAL = 0.25
 BRIDGE_INTERVAL = 1.0
 #: How long ranks get to stop after SIGTERM before they are killed.
 GRACE_PERIOD = 5.0
-#: Seconds a job may take to write its first event on top of its stall timeout.
+#: Seconds a job may take to start training (its first progress event), on top of its stall
+#: timeout.
 STARTUP_ALLOWANCE = 300.0
 
 
@@ -64,7 +65,7 @@ class Supervisor:
         self._progress: dict[str, Any] | None = None
         self._last_bridge = 0.0
         self._last_event = time.monotonic()
-        self._seen_event = False
+        self._training_started = False
         self._stall_timeout = self.launch["spec"].get("stall_timeout")
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -176,9 +177,11 @@ class Supervisor:
                     return "failed", "rank 0 finished without logging the model", None
                 return "succeeded", None, None
             stalled = time.monotonic() - self._last_event
-            # Start-up (imports, data set-up, forming the process group) gets extra time
-            # before the first event: a loaded machine can take minutes there.
-            limit = (self._stall_timeout or 0) + (0 if self._seen_event else STARTUP_ALLOWANCE)
+            # Start-up (imports, data set-up, waiting for every rank to join the process
+            # group) gets extra time until the first progress event, written once training
+            # starts; the events rank 0 writes before that (world, params) do not end it.
+            allowance = 0 if self._training_started else STARTUP_ALLOWANCE
+            limit = (self._stall_timeout or 0) + allowance
             if self._stall_timeout and stalled > limit and not any(code == 0 for code in codes):
                 return "failed", None, self._stall_error(stalled)
             time.sleep(POLL_INTERVAL)
@@ -338,7 +341,6 @@ class Supervisor:
             if not events:
                 break
             self._last_event = time.monotonic()
-            self._seen_event = True
             for event in events:
                 kind = event.get("type")
                 if kind == "metric":
@@ -346,6 +348,7 @@ class Supervisor:
                     self._last_metrics[event["key"]] = event.get("value")
                 elif kind == "progress":
                     self._progress = _progress_record(event)
+                    self._training_started = True
                 elif kind == "params" and self._tracker is not None and self.run_id:
                     self._safely(self._tracker.log_params, self.run_id, event["params"])
                 elif kind == "world":
