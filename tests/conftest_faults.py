@@ -41,8 +41,10 @@ ENDLESS = {"max_epochs": 100_000, "limit_val_batches": 0, "enable_checkpointing"
 SHORT = {"max_steps": 3, "limit_val_batches": 0, "enable_checkpointing": False}
 
 # A model defined the way a notebook cell defines it, so that it reaches the ranks by value.
-# It can sleep in every step or log odd metrics (DigitsMLP itself can fail or hang a rank).
+# It can sleep in every step, stop before step 10 until a ``gate`` file exists, or log odd
+# metrics (DigitsMLP itself can fail or hang a rank).
 FAULT_CELL = """
+import os
 import time
 
 import torch
@@ -51,13 +53,16 @@ from training_manager_lab.examples.digits import DigitsMLP
 
 
 class FaultMLP(DigitsMLP):
-    def __init__(self, step_sleep=0.0, odd_metrics=False, vector_log=False):
+    def __init__(self, step_sleep=0.0, odd_metrics=False, vector_log=False, gate=None):
         super().__init__()
         self.step_sleep = step_sleep
         self.odd_metrics = odd_metrics
         self.vector_log = vector_log
+        self.gate = gate
 
     def training_step(self, batch, batch_idx):
+        while self.gate and self.global_step == 10 and not os.path.exists(self.gate):
+            time.sleep(0.05)
         if self.step_sleep:
             time.sleep(self.step_sleep)
         if self.odd_metrics:

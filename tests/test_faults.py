@@ -236,7 +236,11 @@ def test_interrupt_and_restart_the_launching_kernel(
         shell.wait_for_ready(timeout=120)
         for trial in range(trials()):
             step_before = bystander_step(tml_server, bystander)
-            job_id = run_cell(shell, LAUNCH_FROM_KERNEL.format(cell=FAULT_CELL, trial=trial))
+            # The job stops before step 10 until the gate file exists: it is still running
+            # when the interrupt lands, however slow the kernel is to get there.
+            gate = tml_server.workdir / f"go-kernel-{trial}"
+            code = LAUNCH_FROM_KERNEL.format(cell=FAULT_CELL, trial=trial, gate=str(gate))
+            job_id = run_cell(shell, code)
             folder = job_dir(tml_server, job_id)
             tml_server.wait_step(job_id, 3)
 
@@ -246,7 +250,8 @@ def test_interrupt_and_restart_the_launching_kernel(
             reply = shell.get_shell_msg(timeout=60)
             assert reply["parent_header"]["msg_id"] == waiting
             assert reply["content"].get("ename") == "KeyboardInterrupt", reply["content"]
-            assert tml_server.record(job_id)["status"] in ("running", "succeeded")
+            assert tml_server.record(job_id)["status"] == "running"
+            gate.touch()
             kernel.restart_kernel(now=True)
             shell.wait_for_ready(timeout=120)
             status = run_cell(shell, WAIT_FROM_KERNEL.format(job_id=job_id))
@@ -271,7 +276,7 @@ LAUNCH_FROM_KERNEL = """
 import training_manager_lab as tml
 from training_manager_lab.examples.digits import DigitsData, DigitsMLP
 {cell}
-job = tml.launch(lambda: FaultMLP(step_sleep=0.1), datamodule=DigitsData,
+job = tml.launch(lambda: FaultMLP(step_sleep=0.1, gate={gate!r}), datamodule=DigitsData,
                  trainer={{"max_steps": 60, "limit_val_batches": 0,
                            "enable_checkpointing": False}},
                  accelerator="cpu", name="kernel-{trial}", experiment="faults")

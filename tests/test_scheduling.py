@@ -133,7 +133,8 @@ def test_forty_concurrent_jobs_never_share_a_gpu(four_gpus: JobManager) -> None:
 
 
 def test_higher_priority_starts_first_then_arrival_order(four_gpus: JobManager) -> None:
-    blocker = four_gpus.launch(spec(4, steps=150, name="blocker"))
+    # Six seconds: time enough to queue five jobs behind it on a slow machine.
+    blocker = four_gpus.launch(spec(4, steps=600, name="blocker"))
     assert blocker["status"] == "running"
     names = [("a", 0), ("b", 5), ("c", 0), ("d", 5), ("e", -1)]
     for name, priority in names:

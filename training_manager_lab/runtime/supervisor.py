@@ -305,7 +305,11 @@ class Supervisor:
         if self._progress is not None:
             fields["progress"] = self._progress
         fields["last_metrics"] = self._last_metrics
-        recorded = self.store.transition(self.job_id, status, reason or _reason(error), **fields)
+        reason = reason or _reason(error)
+        # The closing event goes first, so that whoever sees the record ended (job.wait())
+        # finds it in the stream too.
+        self.events.write({"type": "status", "status": status, "reason": reason})
+        recorded = self.store.transition(self.job_id, status, reason, **fields)
         if not recorded:
             current = self.store.get(self.job_id)
             log.info(
@@ -314,8 +318,10 @@ class Supervisor:
                 current["status"],
                 status,
             )
+            # Whoever ended the job first wins; the stream ends with what the store holds.
+            ending = {"status": current["status"], "reason": current["reason"]}
+            self.events.write({"type": "status", **ending})
             status = current["status"]
-        self.events.write({"type": "status", "status": status, "reason": reason or _reason(error)})
         self.events.close()
         log.info("job %s: %s", self.job_id, status)
         self._start_queued_jobs()
