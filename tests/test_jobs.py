@@ -19,6 +19,7 @@ import torch
 from mlflow import MlflowClient
 
 import training_manager_lab as tml
+from tests import pausing_model
 from training_manager_lab.backends.local import job_processes
 from training_manager_lab.examples.digits import DigitsData, DigitsMLP, held_out
 
@@ -283,34 +284,15 @@ def test_nan_and_odd_metric_names_are_kept_and_warned(client: Any) -> None:
     assert math.isnan(first.value)
 
 
-#: A model that stops before steps 3 and 6 until the test drops a file named ``go-3`` or
-#: ``go-6`` beside it: the figure must show each pause's points while the job still runs, on a
-#: machine fast enough to train the whole job between two looks.
-GATED_CELL = """
-import time
-from pathlib import Path
-
-from training_manager_lab.examples.digits import DigitsMLP
-
-HERE = Path(__file__).parent
-
-
-class PausingMLP(DigitsMLP):
-    def training_step(self, batch, batch_idx):
-        if self.global_step in (3, 6):
-            while not (HERE / f"go-{self.global_step}").exists():
-                time.sleep(0.05)
-        return super().training_step(batch, batch_idx)
-"""
-
-
 def test_widget_figure_grows_while_the_job_runs(
     client: Any, tmp_path: Path, monkeypatch: Any
 ) -> None:
-    (tmp_path / "pausing.py").write_text(GATED_CELL)
+    # The job stops before steps 3 and 6 until the test says go: the figure must show each
+    # pause's points while the job still runs, even where the whole job trains between two looks.
+    entry = pausing_model.place(tmp_path, 3, 6)
     monkeypatch.chdir(tmp_path)
     job = tml.launch(
-        "pausing.py:PausingMLP",
+        entry,
         datamodule="training_manager_lab.examples.digits:DigitsData",
         trainer={
             "max_epochs": 1,

@@ -19,6 +19,7 @@ import pytest
 import requests
 import websocket
 
+from tests import pausing_model
 from tests.conftest_server import group_processes
 from tests.conftest_server import server_state_dir as server_state_dir
 from training_manager_lab.manager import LOST_REASON
@@ -335,34 +336,16 @@ def test_a_kernel_launches_through_its_server_and_reattaches_after_a_restart(
     assert events[-1] == {**events[-1], "type": "status", "status": "succeeded"}
 
 
-#: A model that trains two steps, then waits for a file named ``go`` beside the script: a job
-#: that runs exactly as long as the test needs, on a fast machine or a slow one.
-GATED_MODEL = """
-import time
-from pathlib import Path
-
-from training_manager_lab.examples.digits import DigitsMLP
-
-GO = Path(__file__).with_name("go")
-
-
-class GatedMLP(DigitsMLP):
-    def training_step(self, batch, batch_idx):
-        while self.global_step >= 2 and not GO.exists():
-            time.sleep(0.05)
-        return super().training_step(batch, batch_idx)
-"""
-
-
 def test_server_restart_readopts_a_running_job_and_records_a_lost_one(
     server: JupyterServer,
 ) -> None:
-    (server.root / "gated.py").write_text(GATED_MODEL)
+    # Both jobs stop before step 2 until the test says go, so both are mid-run at the restart.
+    entry = pausing_model.place(server.root, 2)
     spec = {
         "experiment": "lifetimes",
         "entry": {
             "kind": "file",
-            "model": "gated.py:GatedMLP",
+            "model": entry,
             "datamodule": "training_manager_lab.examples.digits:DigitsData",
         },
         "accelerator": "cpu",
@@ -386,7 +369,7 @@ def test_server_restart_readopts_a_running_job_and_records_a_lost_one(
     after_restart = server.job(survivor["id"])
     lost_after = server.job(lost["id"])
     lost_stream = [event for message in server.stream(lost["id"]) for event in message["events"]]
-    (server.root / "go").touch()
+    (server.root / "go-2").touch()
     ended = server.wait_job(survivor["id"], lambda r: r["status"] in TERMINAL, "ending")
     events = server.events(survivor["id"])
 
